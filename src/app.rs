@@ -1,0 +1,148 @@
+//! Assembly only: turns a validated [`Config`] into a Pingora [`Server`] with the proxy, the admin
+//! listener and the background watchers. No request logic lives here.
+
+use std::sync::Arc;
+
+use log::{info, warn};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::proxy::{GraySplit, ProxySettings};
+use crate::upstream::file_source::{FileSource, FileWatcher};
+use crate::upstream::Pools;
+
+/// Process-level options from the command line that Pingora acts on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+/// The shared state of a running graysplit, for the demo and tests that look inside.
+pub struct App {
+    pub server: Server,
+    pub pools: Arc<Pools>,
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    let s = &config.server;
+    ServerConf {
+        threads: s.threads,
+        pid_file: s.pid_file.to_string_lossy().into_owned(),
+        upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        upstream_keepalive_pool_size: config.upstream.keepalive_pool_size,
+        // Our own `tries` limits retries; this is only Pingora's global fail-safe.
+        max_retries: config.upstream.tries.max(1),
+        ..ServerConf::default()
+    }
+}
+
+/// Builds the server. Pools are loaded from their sources *before* this returns, so traffic
+/// flows from the first accepted connection.
+pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
+    for dir in [&config.server.pid_file, &config.server.upgrade_sock]
+        .iter()
+        .filter_map(|p| p.parent())
+    {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            warn!("cannot create {}: {e}", dir.display());
+        }
+    }
+    let opt = Opt {
+        daemon: run.daemon,
+        upgrade: run.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf(config));
+
+    let pools = Arc::new(Pools::new(
+        config
+            .pools
+            .values()
+            .map(|p| (p.name.as_str(), p.allow_empty)),
+    ));
+    let mut sources = Vec::new();
+    for p in config.pools.values() {
+        let (Some(file), Some(pool)) = (&p.file, pools.get(&p.name)) else {
+            continue;
+        };
+        let src = Arc::new(FileSource::new(pool.clone(), file.clone()));
+        src.poll();
+        info!(
+            "pool {}: {} server(s) from {}",
+            p.name,
+            pool.snapshot().servers.len(),
+            file.display()
+        );
+        sources.push(src);
+    }
+    server.add_service(background_service(
+        "pools file watcher",
+        FileWatcher { sources },
+    ));
+
+    let settings = ProxySettings {
+        upstream: config.upstream.clone(),
+        keepalive_timeout: config.server.keepalive_timeout,
+        access_log: config.server.access_log,
+        debug_headers: config.server.debug_headers,
+    };
+    let proxy = GraySplit::new(&pools, settings).ok_or("the base pool is not configured")?;
+    let mut proxy_service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "graysplit");
+    proxy_service.add_tcp(&config.server.listen.to_string());
+    server.add_service(proxy_service);
+
+    let mut admin = Service::new(
+        "graysplit admin".to_string(),
+        AdminApp {
+            pools: pools.clone(),
+        },
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&config.server.admin_listen.to_string());
+    server.add_service(admin);
+
+    Ok(App { server, pools })
+}
+
+/// `graysplit -t`: beyond the config itself, every pools file must be readable and every line
+/// valid (at run time a bad line is only skipped, but a test run should say so).
+pub fn check(config: &Config) -> Result<String, crate::config::ConfigErrors> {
+    use crate::config::ConfigError;
+    let mut errors = Vec::new();
+    let mut servers = 0;
+    for p in config.pools.values() {
+        let Some(file) = &p.file else { continue };
+        let key = format!("pools.{}.file", p.name);
+        match crate::upstream::file_source::check(file) {
+            Ok(report) => {
+                servers += report.servers;
+                errors.extend(report.errors.into_iter().map(|e| ConfigError {
+                    key: format!("{key} ({}) line {}", file.display(), e.line),
+                    value: Some(e.text),
+                    rule: e.reason,
+                }));
+            }
+            Err(e) => errors.push(ConfigError {
+                key: key.clone(),
+                value: Some(file.display().to_string()),
+                rule: format!("cannot read pools file: {e}"),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(format!("{} pool(s), {servers} server(s)", config.pools.len()))
+    } else {
+        Err(crate::config::ConfigErrors {
+            path: config.path.clone(),
+            errors,
+        })
+    }
+}

@@ -1,0 +1,83 @@
+//! The serde shape of `graysplit.toml`, exactly as users write it.
+//!
+//! Values that need a rule (addresses, durations, names) stay strings here so that validation
+//! (`super::validate`) can report *every* bad value with its key, instead of serde stopping at the
+//! first one. Unknown keys are collected by `serde_ignored` in `super::load` for the same reason.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub upstream: UpstreamSection,
+    pub pools: BTreeMap<String, PoolSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct ServerSection {
+    pub listen: String,
+    pub admin_listen: String,
+    pub threads: usize,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub grace_period: String,
+    pub graceful_shutdown_timeout: String,
+    pub keepalive_timeout: String,
+    pub access_log: bool,
+    pub debug_headers: bool,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "127.0.0.1:9901".into(),
+            threads: 2,
+            pid_file: "/run/graysplit/graysplit.pid".into(),
+            upgrade_sock: "/run/graysplit/upgrade.sock".into(),
+            grace_period: "5s".into(),
+            graceful_shutdown_timeout: "5s".into(),
+            keepalive_timeout: "65s".into(),
+            access_log: true,
+            debug_headers: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct UpstreamSection {
+    pub connect_timeout: String,
+    pub read_timeout: String,
+    pub write_timeout: String,
+    pub idle_timeout: String,
+    pub keepalive_pool_size: usize,
+    pub tries: usize,
+    pub host_header: String,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        Self {
+            connect_timeout: "1s".into(),
+            read_timeout: "30s".into(),
+            write_timeout: "30s".into(),
+            idle_timeout: "60s".into(),
+            keepalive_pool_size: 128,
+            tries: 2,
+            host_header: "host".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PoolSection {
+    /// Pools file in upsync's dump format (the file source).
+    pub file: Option<String>,
+    /// `None` means "the default for this pool": false for `base`, true for every other pool.
+    pub allow_empty: Option<bool>,
+}

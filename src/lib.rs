@@ -1,0 +1,14 @@
+//! graysplit: a gray (canary) release proxy for web frontends, built on Pingora.
+//!
+//! Module map: [`config`] loads and validates `graysplit.toml`; [`upstream`] holds pools, their
+//! sources (pools file, Consul), selection and health; [`proxy`] is the request path; [`admin`] is
+//! the loopback admin listener; [`app`] assembles them into a Pingora server; [`demo`] is the
+//! embedded default; [`static_site`] serves frontend builds for the demo and tests.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod static_site;
+pub mod upstream;

@@ -1,0 +1,38 @@
+//! Per-request state carried through Pingora's phases.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::upstream::pool::Pool;
+use crate::upstream::server::Server;
+
+/// Why a request went to its pool; appears in the access log and the debug header.
+pub type Reason = &'static str;
+
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub started: Instant,
+    /// Canonical address of the direct peer.
+    pub peer_ip: Option<IpAddr>,
+    /// The pool chosen once in `request_filter` (never re-decided on retries).
+    pub pool: Option<Arc<Pool>>,
+    pub reason: Reason,
+    /// Servers already attempted for this request, so a retry picks another.
+    pub tried: Vec<SocketAddr>,
+    /// The server of the current (last) attempt.
+    pub server: Option<Arc<Server>>,
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            peer_ip: None,
+            pool: None,
+            reason: "default",
+            tried: Vec::new(),
+            server: None,
+        }
+    }
+}

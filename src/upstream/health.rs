@@ -1,0 +1,201 @@
+//! Live per-address server state shared by every pool that lists the address.
+//!
+//! Passive failure accounting follows nginx: `max_fails` failed attempts within `fail_timeout`
+//! make a server unavailable for `fail_timeout`; `max_fails = 0` disables it. Everything here is
+//! atomics so the request path never takes a lock to ask "may I use this server?".
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::server::ServerSpec;
+
+/// Live state of one server address.
+#[derive(Debug)]
+pub struct ServerHealth {
+    epoch: Instant,
+    /// Result of active checks; true until active checks say otherwise.
+    up: AtomicBool,
+    /// Failures counted in the current passive window.
+    fails: AtomicU32,
+    /// Start of the current passive window, in ms since `epoch`.
+    window_start_ms: AtomicU64,
+    /// Ejected until this instant (ms since `epoch`); 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+}
+
+impl Default for ServerHealth {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            up: AtomicBool::new(true),
+            fails: AtomicU32::new(0),
+            window_start_ms: AtomicU64::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ServerHealth {
+    fn now_ms(&self) -> u64 {
+        // +1 so that 0 can mean "never".
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Is the server usable given active and passive state?
+    pub fn available(&self, _spec: &ServerSpec) -> bool {
+        if !self.up.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || self.now_ms() >= until
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Is the server currently ejected by passive failures?
+    pub fn ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
+    }
+
+    /// Records a failed attempt. Returns true when this failure ejected the server.
+    pub fn record_failure(&self, spec: &ServerSpec) -> bool {
+        if spec.max_fails == 0 {
+            return false;
+        }
+        let now = self.now_ms();
+        let window = duration_ms(spec.fail_timeout);
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        let fails = if start == 0 || now.saturating_sub(start) > window {
+            self.window_start_ms.store(now, Ordering::Relaxed);
+            self.fails.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.fails.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if fails >= spec.max_fails {
+            self.ejected_until_ms
+                .store(now + window.max(1), Ordering::Relaxed);
+            self.fails.store(0, Ordering::Relaxed);
+            self.window_start_ms.store(0, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// A successful response: nginx forgets earlier failures.
+    pub fn record_success(&self) {
+        if self.fails.load(Ordering::Relaxed) != 0 {
+            self.fails.store(0, Ordering::Relaxed);
+            self.window_start_ms.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Address-keyed registry of [`ServerHealth`], shared by all pools.
+#[derive(Debug, Default)]
+pub struct HealthTable {
+    entries: Mutex<HashMap<SocketAddr, Arc<ServerHealth>>>,
+}
+
+impl HealthTable {
+    /// The state for `addr`, created on first use.
+    pub fn get(&self, addr: SocketAddr) -> Arc<ServerHealth> {
+        self.entries.lock().entry(addr).or_default().clone()
+    }
+
+    /// Drops state no pool refers to any more (called after pool updates).
+    pub fn collect_garbage(&self) {
+        self.entries.lock().retain(|_, h| Arc::strong_count(h) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max_fails: u32, fail_timeout: Duration) -> ServerSpec {
+        let mut s = ServerSpec::new(SocketAddr::from(([127, 0, 0, 1], 1)), "127.0.0.1:1");
+        s.max_fails = max_fails;
+        s.fail_timeout = fail_timeout;
+        s
+    }
+
+    #[test]
+    fn ejects_after_max_fails_within_fail_timeout() {
+        let h = ServerHealth::default();
+        let s = spec(2, Duration::from_secs(10));
+        assert!(!h.record_failure(&s));
+        assert!(h.available(&s));
+        assert!(h.record_failure(&s));
+        assert!(!h.available(&s));
+        assert!(h.ejected());
+    }
+
+    #[test]
+    fn max_fails_zero_disables_passive_ejection() {
+        let h = ServerHealth::default();
+        let s = spec(0, Duration::from_secs(10));
+        for _ in 0..10 {
+            assert!(!h.record_failure(&s));
+        }
+        assert!(h.available(&s));
+    }
+
+    #[test]
+    fn ejection_ends_after_fail_timeout() {
+        let h = ServerHealth::default();
+        let s = spec(1, Duration::from_millis(30));
+        assert!(h.record_failure(&s));
+        assert!(!h.available(&s));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !h.available(&s) {
+            assert!(Instant::now() < deadline, "still ejected after fail_timeout");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn success_resets_the_failure_count() {
+        let h = ServerHealth::default();
+        let s = spec(2, Duration::from_secs(10));
+        h.record_failure(&s);
+        h.record_success();
+        assert!(!h.record_failure(&s), "count restarted after a success");
+    }
+
+    #[test]
+    fn table_shares_state_per_address_and_collects_unused() {
+        let t = HealthTable::default();
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let h1 = t.get(a);
+        h1.set_up(false);
+        assert!(!t.get(a).is_up(), "same address, same state");
+        drop(h1);
+        t.collect_garbage();
+        assert!(t.is_empty());
+    }
+}
