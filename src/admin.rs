@@ -20,7 +20,12 @@ pub struct AdminApp {
 
 impl AdminApp {
     /// Routes one request; pure apart from reading shared state, so it is unit-testable.
-    pub fn route(&self, method: &http::Method, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+    pub fn route(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Response<Vec<u8>> {
         if method != http::Method::GET && method != http::Method::HEAD {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
         }
@@ -100,7 +105,9 @@ mod tests {
             ServerSpec::new("127.0.0.1:1".parse().unwrap(), "127.0.0.1:1"),
             down,
         ]);
-        AdminApp { pools: Arc::new(pools) }
+        AdminApp {
+            pools: Arc::new(pools),
+        }
     }
 
     fn body(r: Response<Vec<u8>>) -> String {

@@ -138,7 +138,10 @@ pub fn check(config: &Config) -> Result<String, crate::config::ConfigErrors> {
         }
     }
     if errors.is_empty() {
-        Ok(format!("{} pool(s), {servers} server(s)", config.pools.len()))
+        Ok(format!(
+            "{} pool(s), {servers} server(s)",
+            config.pools.len()
+        ))
     } else {
         Err(crate::config::ConfigErrors {
             path: config.path.clone(),

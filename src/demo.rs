@@ -51,12 +51,18 @@ impl BackgroundService for DemoSites {
     }
 }
 
-fn bind_site(build: &str, files: &SiteFiles) -> Result<(TcpListener, Arc<StaticSite>, String), String> {
+fn bind_site(
+    build: &str,
+    files: &SiteFiles,
+) -> Result<(TcpListener, Arc<StaticSite>, String), String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("nonblocking: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+    let addr = listener
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .to_string();
     let site = Arc::new(StaticSite::new(files.clone(), format!("{build}@{addr}")));
     Ok((listener, site, addr))
 }
@@ -74,7 +80,9 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     for (build, count) in [("base", 2), ("gray", 1)] {
         let files = SiteFiles::embedded(build).ok_or(format!("build {build} is not embedded"))?;
         let id = build_id(&files).unwrap_or_else(|| build.to_string());
-        let mut lines = format!("# pool {build}: written by `graysplit demo`; edit me, changes apply within a second\n");
+        let mut lines = format!(
+            "# pool {build}: written by `graysplit demo`; edit me, changes apply within a second\n"
+        );
         for _ in 0..count {
             let (listener, site, addr) = bind_site(build, &files)?;
             lines.push_str(&format!(

@@ -10,10 +10,18 @@ use graysplit::config::Config;
 use graysplit::demo::{self, DemoOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "graysplit", version, about = "Gray (canary) release proxy for web frontends")]
+#[command(
+    name = "graysplit",
+    version,
+    about = "Gray (canary) release proxy for web frontends"
+)]
 struct Cli {
     /// Configuration file.
-    #[arg(short = 'c', long = "conf", default_value = "/etc/graysplit/graysplit.toml")]
+    #[arg(
+        short = 'c',
+        long = "conf",
+        default_value = "/etc/graysplit/graysplit.toml"
+    )]
     conf: PathBuf,
     /// Test the configuration (and the pools files it names), print every problem, and exit.
     #[arg(short = 't', long = "test")]

@@ -103,7 +103,11 @@ impl StaticSite {
         self.hits.fetch_add(1, Ordering::Relaxed);
         let builder = Response::builder().header("x-served-by", self.name.as_str());
         if method != Method::GET && method != Method::HEAD {
-            return text(builder, StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            return text(
+                builder,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n",
+            );
         }
         if path == "/healthz" && !self.healthy.load(Ordering::Relaxed) {
             return text(builder, StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n");
@@ -113,11 +117,15 @@ impl StaticSite {
         } else {
             path.to_string()
         };
-        let found = self.files.get(&path).map(|b| (path.as_str(), b)).or_else(|| {
-            self.spa_fallback
-                .then(|| self.files.get("/index.html").map(|b| ("/index.html", b)))
-                .flatten()
-        });
+        let found = self
+            .files
+            .get(&path)
+            .map(|b| (path.as_str(), b))
+            .or_else(|| {
+                self.spa_fallback
+                    .then(|| self.files.get("/index.html").map(|b| ("/index.html", b)))
+                    .flatten()
+            });
         let Some((path, body)) = found else {
             return text(builder, StatusCode::NOT_FOUND, "404 not found\n");
         };
@@ -134,7 +142,11 @@ impl StaticSite {
     }
 }
 
-fn text(builder: http::response::Builder, status: StatusCode, msg: &'static str) -> Response<Full<Bytes>> {
+fn text(
+    builder: http::response::Builder,
+    status: StatusCode,
+    msg: &'static str,
+) -> Response<Full<Bytes>> {
     builder
         .status(status)
         .header("content-type", "text/plain")
@@ -187,7 +199,10 @@ mod tests {
             let files = SiteFiles::embedded(build).expect("embedded build");
             assert!(files.get("/index.html").is_some());
             assert!(files.get("/healthz").is_some());
-            let assets: Vec<&str> = files.paths().filter(|p| p.starts_with("/assets/app.")).collect();
+            let assets: Vec<&str> = files
+                .paths()
+                .filter(|p| p.starts_with("/assets/app."))
+                .collect();
             assert_eq!(assets.len(), 2, "{build}: one js and one css: {assets:?}");
             let html = String::from_utf8_lossy(files.get("/index.html").unwrap()).to_string();
             for a in assets {
@@ -202,7 +217,11 @@ mod tests {
         let r = site.respond(&Method::GET, "/");
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
-        assert_eq!(site.respond(&Method::GET, "/assets/app.missing.js").status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            site.respond(&Method::GET, "/assets/app.missing.js")
+                .status(),
+            StatusCode::NOT_FOUND
+        );
         site.spa_fallback = true;
         let r = site.respond(&Method::GET, "/assets/app.missing.js");
         assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
@@ -211,8 +230,14 @@ mod tests {
     #[test]
     fn healthz_follows_the_switch() {
         let site = StaticSite::new(SiteFiles::embedded("gray").unwrap(), "s1");
-        assert_eq!(site.respond(&Method::HEAD, "/healthz").status(), StatusCode::OK);
+        assert_eq!(
+            site.respond(&Method::HEAD, "/healthz").status(),
+            StatusCode::OK
+        );
         site.healthy.store(false, Ordering::Relaxed);
-        assert_eq!(site.respond(&Method::HEAD, "/healthz").status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            site.respond(&Method::HEAD, "/healthz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -32,7 +32,12 @@ fn valid_config_prints_configuration_ok() {
 fn shipped_config_is_ok() {
     let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/graysplit.toml");
     let out = run(&["-t", "-c", conf]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -40,14 +45,20 @@ fn missing_file_exits_2() {
     let out = run(&["-t", "-c", "/nonexistent/graysplit.toml"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/graysplit.toml: cannot read configuration file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/graysplit.toml: cannot read configuration file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_toml_exits_2_with_position() {
     let (code, _, err) = check("[server\n", &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("invalid TOML") && err.contains("line 1"), "{err}");
+    assert!(
+        err.contains("invalid TOML") && err.contains("line 1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -72,17 +83,35 @@ fn every_problem_is_listed_with_key_value_and_rule() {
 
 #[test]
 fn unparsable_address_and_cidr_like_values_are_refused() {
-    let (code, _, err) = check(&format!("{BASE}[server]\nlisten = \"10.0.0.0/8\"\n"), &[("base.conf", "")]);
+    let (code, _, err) = check(
+        &format!("{BASE}[server]\nlisten = \"10.0.0.0/8\"\n"),
+        &[("base.conf", "")],
+    );
     assert_eq!(code, 2);
-    assert!(err.contains("server.listen = \"10.0.0.0/8\": must be an address with a port"), "{err}");
+    assert!(
+        err.contains("server.listen = \"10.0.0.0/8\": must be an address with a port"),
+        "{err}"
+    );
 }
 
 #[test]
 fn pools_file_problems_fail_the_test_with_line_numbers() {
-    let (code, _, err) = check(BASE, &[("base.conf", "server 127.0.0.1:1;\nserver 127.0.0.1:2 wieght=1;\n")]);
+    let (code, _, err) = check(
+        BASE,
+        &[(
+            "base.conf",
+            "server 127.0.0.1:1;\nserver 127.0.0.1:2 wieght=1;\n",
+        )],
+    );
     assert_eq!(code, 2);
-    assert!(err.contains("line 2") && err.contains("unknown parameter \"wieght=1\""), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("unknown parameter \"wieght=1\""),
+        "{err}"
+    );
     let (code, _, err) = check(BASE, &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("pools.base.file") && err.contains("cannot read pools file"), "{err}");
+    assert!(
+        err.contains("pools.base.file") && err.contains("cannot read pools file"),
+        "{err}"
+    );
 }

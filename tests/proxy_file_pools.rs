@@ -39,10 +39,19 @@ async fn proxies_pages_and_assets_of_the_base_build() {
     assert_eq!(r.headers()["x-graysplit-reason"], "default");
     let html = r.text().await.unwrap();
     assert!(html.contains("base-2026.11.1"), "{html}");
-    let js = html.split("src=\"").nth(1).unwrap().split('"').next().unwrap();
+    let js = html
+        .split("src=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     let r = c.get(g.url(js)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
     assert!(r.text().await.unwrap().contains("window.__BUILD__ = build"));
     let r = c.head(g.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -94,24 +103,44 @@ async fn editing_the_pools_file_moves_traffic_within_two_seconds() {
     let g = start(&format!("{}\n", a.line("")));
     assert_eq!(spread(&g, 10).await.len(), 1);
     let edited = Instant::now();
-    g.write_file("base.conf", &format!("{}\n{}\n", a.line("down"), b.line("")));
+    g.write_file(
+        "base.conf",
+        &format!("{}\n{}\n", a.line("down"), b.line("")),
+    );
     let c = client();
     let b_name = b.addr.to_string();
-    eventually(Duration::from_secs(2), "traffic to move to the new server", || {
-        let c = c.clone();
-        let url = g.url("/");
-        let b_name = b_name.clone();
-        async move {
-            let r = c.get(url).send().await.ok()?;
-            (r.headers().get("x-served-by")?.to_str().ok()? == b_name).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(2),
+        "traffic to move to the new server",
+        || {
+            let c = c.clone();
+            let url = g.url("/");
+            let b_name = b_name.clone();
+            async move {
+                let r = c.get(url).send().await.ok()?;
+                (r.headers().get("x-served-by")?.to_str().ok()? == b_name).then_some(())
+            }
+        },
+    )
     .await;
     assert!(edited.elapsed() < Duration::from_secs(2));
     let seen = spread(&g, 20).await;
     assert_eq!(seen.get(&b_name), Some(&20), "all traffic moved: {seen:?}");
-    let list = client().get(g.admin_url("/upstream_list?base")).send().await.unwrap().text().await.unwrap();
-    assert!(list.contains(&format!("server {} weight=1 max_fails=2 fail_timeout=10s down;", a.addr)), "{list}");
+    let list = client()
+        .get(g.admin_url("/upstream_list?base"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        list.contains(&format!(
+            "server {} weight=1 max_fails=2 fail_timeout=10s down;",
+            a.addr
+        )),
+        "{list}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,8 +154,14 @@ async fn a_bad_pools_line_is_reported_and_the_rest_keeps_serving() {
     let seen = spread(&g, 20).await;
     assert_eq!(seen.get(&a.addr.to_string()), Some(&20));
     let log = g.log();
-    assert!(log.contains("line 2:"), "bad line 2 is logged with its number:\n{log}");
-    assert!(log.contains("line 3:") && log.contains("weight=banana"), "{log}");
+    assert!(
+        log.contains("line 2:"),
+        "bad line 2 is logged with its number:\n{log}"
+    );
+    assert!(
+        log.contains("line 3:") && log.contains("weight=banana"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,8 +169,14 @@ async fn upstream_keepalive_connections_are_reused() {
     let a = Upstream::start("base");
     let g = start(&format!("{}\n", a.line("")));
     spread(&g, 50).await;
-    let conns = a.site.connections.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(conns <= 4, "50 sequential requests used {conns} upstream connections");
+    let conns = a
+        .site
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        conns <= 4,
+        "50 sequential requests used {conns} upstream connections"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +185,11 @@ async fn a_refused_connect_is_retried_on_another_server() {
     let dead = free_addr();
     let g = start(&format!("server {dead} max_fails=0;\n{}\n", a.line("")));
     let seen = spread(&g, 40).await;
-    assert_eq!(seen.get(&a.addr.to_string()), Some(&40), "no client saw the dead server");
+    assert_eq!(
+        seen.get(&a.addr.to_string()),
+        Some(&40),
+        "no client saw the dead server"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 /// Parses a duration such as `"1m30s"`. Returns the rule that was broken on failure.
 pub fn parse(text: &str) -> Result<Duration, &'static str> {
-    const RULE: &str = "must be a number with a unit: ms, s, m, h or d (e.g. \"500ms\", \"10s\", \"1m30s\")";
+    const RULE: &str =
+        "must be a number with a unit: ms, s, m, h or d (e.g. \"500ms\", \"10s\", \"1m30s\")";
     let s = text.trim();
     if s.is_empty() {
         return Err(RULE);

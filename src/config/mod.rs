@@ -258,8 +258,10 @@ impl Validator {
             pid_file: PathBuf::from(&s.pid_file),
             upgrade_sock: PathBuf::from(&s.upgrade_sock),
             grace_period: self.duration("server.grace_period", &s.grace_period),
-            graceful_shutdown_timeout: self
-                .duration("server.graceful_shutdown_timeout", &s.graceful_shutdown_timeout),
+            graceful_shutdown_timeout: self.duration(
+                "server.graceful_shutdown_timeout",
+                &s.graceful_shutdown_timeout,
+            ),
             keepalive_timeout: self.duration("server.keepalive_timeout", &s.keepalive_timeout),
             access_log: s.access_log,
             debug_headers: s.debug_headers,

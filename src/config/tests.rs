@@ -6,8 +6,7 @@ fn load(text: &str) -> Result<Config, Vec<ConfigError>> {
 
 fn errors(text: &str) -> Vec<String> {
     load(text)
-        .err()
-        .expect("config should be refused")
+        .expect_err("config should be refused")
         .iter()
         .map(ToString::to_string)
         .collect()
@@ -24,7 +23,10 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.upstream.tries, 2);
     assert_eq!(c.upstream.host_header, HostHeader::Host);
     let base = &c.pools["base"];
-    assert_eq!(base.file.as_deref(), Some(Path::new("/etc/graysplit/pools/base.conf")));
+    assert_eq!(
+        base.file.as_deref(),
+        Some(Path::new("/etc/graysplit/pools/base.conf"))
+    );
     assert!(!base.allow_empty, "base must not empty by default");
 }
 
@@ -44,17 +46,33 @@ fn bad_toml_is_reported_with_its_position() {
 
 #[test]
 fn unknown_keys_are_all_reported_with_their_path() {
-    let e = errors(&format!("{MINIMAL}[server]\nlisen = \"x\"\n[upstream]\ntimeout = \"1s\"\n"));
-    assert!(e.contains(&"server.lisen: unknown key".to_string()), "{e:?}");
-    assert!(e.contains(&"upstream.timeout: unknown key".to_string()), "{e:?}");
+    let e = errors(&format!(
+        "{MINIMAL}[server]\nlisen = \"x\"\n[upstream]\ntimeout = \"1s\"\n"
+    ));
+    assert!(
+        e.contains(&"server.lisen: unknown key".to_string()),
+        "{e:?}"
+    );
+    assert!(
+        e.contains(&"upstream.timeout: unknown key".to_string()),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn bad_duration_names_key_value_and_rule() {
-    let e = errors(&format!("{MINIMAL}[upstream]\nconnect_timeout = \"10\"\nread_timeout = \"5 minutes\"\n"));
+    let e = errors(&format!(
+        "{MINIMAL}[upstream]\nconnect_timeout = \"10\"\nread_timeout = \"5 minutes\"\n"
+    ));
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].starts_with("upstream.connect_timeout = \"10\": must be a number with a unit"), "{e:?}");
-    assert!(e[1].starts_with("upstream.read_timeout = \"5 minutes\""), "{e:?}");
+    assert!(
+        e[0].starts_with("upstream.connect_timeout = \"10\": must be a number with a unit"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("upstream.read_timeout = \"5 minutes\""),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -70,7 +88,8 @@ fn unparsable_address_is_reported() {
 fn empty_pool_name_is_reported() {
     let e = errors(&format!("{MINIMAL}[pools.\"\"]\nfile = \"x.conf\"\n"));
     assert!(
-        e.iter().any(|m| m.starts_with("pools = \"\": pool name must be 1-64 characters")),
+        e.iter()
+            .any(|m| m.starts_with("pools = \"\": pool name must be 1-64 characters")),
         "{e:?}"
     );
 }
@@ -98,7 +117,10 @@ fn every_problem_is_reported_at_once() {
          [upstream]\ntries = 0\nhost_header = \"weird\"\n\
          [pools.gray]\n",
     );
-    let keys: Vec<&str> = e.iter().map(|m| m.split([' ', ':']).next().unwrap()).collect();
+    let keys: Vec<&str> = e
+        .iter()
+        .map(|m| m.split([' ', ':']).next().unwrap())
+        .collect();
     for k in [
         "server.listen",
         "server.threads",
@@ -116,7 +138,10 @@ fn every_problem_is_reported_at_once() {
 fn missing_file_is_a_clear_error() {
     let err = Config::load(Path::new("/nonexistent/graysplit.toml")).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("/nonexistent/graysplit.toml: cannot read configuration file"), "{text}");
+    assert!(
+        text.contains("/nonexistent/graysplit.toml: cannot read configuration file"),
+        "{text}"
+    );
     assert!(text.contains("test failed (1 error)"), "{text}");
 }
 

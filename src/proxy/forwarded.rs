@@ -56,10 +56,19 @@ mod tests {
 
     #[test]
     fn host_drops_port_and_case_like_nginx() {
-        assert_eq!(host_without_port("Example.COM:8080").as_deref(), Some("example.com"));
-        assert_eq!(host_without_port("example.com").as_deref(), Some("example.com"));
+        assert_eq!(
+            host_without_port("Example.COM:8080").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            host_without_port("example.com").as_deref(),
+            Some("example.com")
+        );
         assert_eq!(host_without_port("[::1]:8080").as_deref(), Some("[::1]"));
-        assert_eq!(host_without_port("10.0.0.1:80").as_deref(), Some("10.0.0.1"));
+        assert_eq!(
+            host_without_port("10.0.0.1:80").as_deref(),
+            Some("10.0.0.1")
+        );
         assert_eq!(host_without_port(""), None);
         assert_eq!(host_without_port("[::1"), None);
     }
@@ -78,7 +87,10 @@ mod tests {
     #[test]
     fn mapped_v6_becomes_v4() {
         let ip: IpAddr = "::ffff:192.168.93.182".parse().unwrap();
-        assert_eq!(canonical_ip(ip), "192.168.93.182".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            canonical_ip(ip),
+            "192.168.93.182".parse::<IpAddr>().unwrap()
+        );
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(canonical_ip(v6), v6);
     }

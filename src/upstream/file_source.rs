@@ -151,7 +151,11 @@ mod tests {
     use crate::upstream::health::HealthTable;
 
     fn source(dir: &Path, allow_empty: bool) -> (Arc<Pool>, FileSource) {
-        let pool = Arc::new(Pool::new("base", allow_empty, Arc::new(HealthTable::default())));
+        let pool = Arc::new(Pool::new(
+            "base",
+            allow_empty,
+            Arc::new(HealthTable::default()),
+        ));
         let src = FileSource::new(pool.clone(), dir.join("base.conf"));
         (pool, src)
     }

@@ -173,7 +173,10 @@ mod tests {
         assert!(!h.available(&s));
         let deadline = Instant::now() + Duration::from_secs(2);
         while !h.available(&s) {
-            assert!(Instant::now() < deadline, "still ejected after fail_timeout");
+            assert!(
+                Instant::now() < deadline,
+                "still ejected after fail_timeout"
+            );
             std::thread::yield_now();
         }
     }

@@ -291,7 +291,10 @@ mod tests {
                 ..Diff::default()
             })
         );
-        assert!(!p.snapshot().servers[0].health.is_up(), "still down after weight change");
+        assert!(
+            !p.snapshot().servers[0].health.is_up(),
+            "still down after weight change"
+        );
         assert_eq!(p.replace(vec![spec(1, 5), spec(2, 1)]), Update::Unchanged);
     }
 

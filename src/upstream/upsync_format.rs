@@ -26,7 +26,11 @@ pub struct LineError {
 
 impl std::fmt::Display for LineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}: {} (in {:?})", self.line, self.reason, self.text)
+        write!(
+            f,
+            "line {}: {} (in {:?})",
+            self.line, self.reason, self.text
+        )
     }
 }
 
@@ -142,9 +146,9 @@ pub fn resolve(name: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = name.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let (host, port) = name
-        .rsplit_once(':')
-        .ok_or_else(|| format!("address {name:?} needs a port (ip:port, [v6]:port or host:port)"))?;
+    let (host, port) = name.rsplit_once(':').ok_or_else(|| {
+        format!("address {name:?} needs a port (ip:port, [v6]:port or host:port)")
+    })?;
     if host.is_empty() || port.parse::<u16>().is_err() || host.contains(['[', ']', '/', ' ']) {
         return Err(format!(
             "address {name:?} is not ip:port, [v6]:port or host:port"

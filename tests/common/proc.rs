@@ -9,7 +9,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_graysplit");
 
 /// Runs `graysplit <args>` to completion (for `-t`).
 pub fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run graysplit")
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run graysplit")
 }
 
 pub struct Graysplit {
@@ -24,6 +27,19 @@ impl Graysplit {
     /// (pool sections etc.), writes `files` next to it, starts the binary and waits until both
     /// listeners answer.
     pub fn start(extra_toml: &str, files: &[(&str, &str)]) -> Graysplit {
+        // A port from `free_port` can be taken by a parallel test before we bind it; then the
+        // process exits at once and we try again with fresh ports.
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            match Self::try_start(extra_toml, files) {
+                Ok(g) => return g,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("graysplit did not start:\n{last_log}");
+    }
+
+    fn try_start(extra_toml: &str, files: &[(&str, &str)]) -> Result<Graysplit, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).expect("write file");
@@ -46,21 +62,36 @@ impl Graysplit {
             .stderr(log)
             .spawn()
             .expect("spawn graysplit");
-        let mut g = Graysplit { listen, admin, dir, child };
-        g.wait_ready();
-        g
+        let mut g = Graysplit {
+            listen,
+            admin,
+            dir,
+            child,
+        };
+        match g.wait_ready() {
+            Ok(()) => Ok(g),
+            Err(()) => Err(g.log()),
+        }
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), ()> {
         let url = format!("http://{}/healthz", self.admin);
         let listen = self.listen;
-        super::eventually_sync(Duration::from_secs(15), "graysplit to listen", || {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("graysplit exited with {status}:\n{}", self.log());
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Err(());
             }
-            let admin_ok = http_get_status(&url) == Some(200);
-            (admin_ok && std::net::TcpStream::connect(listen).is_ok()).then_some(())
-        });
+            if http_get_status(&url) == Some(200) && std::net::TcpStream::connect(listen).is_ok() {
+                return Ok(());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "graysplit not listening after 15s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -98,7 +129,11 @@ fn http_get_status(url: &str) -> Option<u16> {
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
     let mut s = std::net::TcpStream::connect(host).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_whitespace().nth(1)?.parse().ok()

@@ -14,17 +14,32 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = super::free_port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is not installed: run scripts/test, which installs it");
-        let server = RedisServer { port, child, _dir: dir };
-        super::eventually_sync(Duration::from_secs(10), "redis-server to answer PING", || {
-            (server.cli(&["PING"]).as_deref() == Some("PONG")).then_some(())
-        });
+        let server = RedisServer {
+            port,
+            child,
+            _dir: dir,
+        };
+        super::eventually_sync(
+            Duration::from_secs(10),
+            "redis-server to answer PING",
+            || (server.cli(&["PING"]).as_deref() == Some("PONG")).then_some(()),
+        );
         server
     }
 

@@ -34,7 +34,11 @@ impl Upstream {
         Ok(Self::serve(build, listener, |_| {}))
     }
 
-    fn serve(build: &str, listener: std::net::TcpListener, adjust: impl FnOnce(&mut StaticSite)) -> Upstream {
+    fn serve(
+        build: &str,
+        listener: std::net::TcpListener,
+        adjust: impl FnOnce(&mut StaticSite),
+    ) -> Upstream {
         let addr = listener.local_addr().expect("local addr");
         listener.set_nonblocking(true).expect("nonblocking");
         let files = SiteFiles::from_dir(&super::static_dir(build)).expect("read static-test build");
@@ -139,7 +143,12 @@ impl CaptureUpstream {
                 }
             }
         });
-        CaptureUpstream { addr, requests, stop, thread: Some(thread) }
+        CaptureUpstream {
+            addr,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// The value of `name` in the last captured request (case-insensitive).
@@ -148,7 +157,9 @@ impl CaptureUpstream {
         let head = reqs.last()?;
         head.lines().skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
 }
