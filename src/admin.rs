@@ -3,6 +3,7 @@
 //!
 //! - `GET /healthz` — liveness, `ok`.
 //! - `GET /upstream_list[?<pool>]` — upsync's `upstream_show` text.
+//! - `GET /status?format=json` — pools and Consul watchers as JSON.
 
 use std::sync::Arc;
 
@@ -11,11 +12,14 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::config::duration;
+use crate::upstream::consul::ConsulStatus;
 use crate::upstream::upsync_format;
 use crate::upstream::Pools;
 
 pub struct AdminApp {
     pub pools: Arc<Pools>,
+    pub consul: Arc<ConsulStatus>,
 }
 
 impl AdminApp {
@@ -32,9 +36,10 @@ impl AdminApp {
         match path {
             "/healthz" => plain(StatusCode::OK, "ok\n".into()),
             "/upstream_list" => self.upstream_list(query),
+            "/status" => self.status(query),
             _ => plain(
                 StatusCode::NOT_FOUND,
-                "not found; try /upstream_list or /healthz\n".into(),
+                "not found; try /upstream_list, /status?format=json or /healthz\n".into(),
             ),
         }
     }
@@ -68,6 +73,69 @@ impl AdminApp {
         }
         plain(StatusCode::OK, out)
     }
+}
+
+impl AdminApp {
+    /// `/status?format=json`. JSON is the only format so far (and the default).
+    fn status(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let format = query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("format="))
+            .unwrap_or("json");
+        if format != "json" {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported format {format:?}; use format=json\n"),
+            );
+        }
+        let body = serde_json::json!({
+            "consul": self.consul.to_json(),
+            "pools": pools_json(&self.pools),
+        });
+        let mut body = body.to_string();
+        body.push('\n');
+        let mut resp = plain(StatusCode::OK, body);
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+/// `{"<pool>": {"allow_empty": .., "servers": [..]}}`: each pool's current servers and settings.
+pub fn pools_json(pools: &Pools) -> serde_json::Value {
+    serde_json::Value::Object(
+        pools
+            .iter()
+            .map(|pool| {
+                let snap = pool.snapshot();
+                let servers: Vec<_> = snap
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "name": s.spec.name,
+                            "addr": s.spec.addr.to_string(),
+                            "weight": s.spec.weight,
+                            "max_fails": s.spec.max_fails,
+                            "fail_timeout": duration::format(s.spec.fail_timeout),
+                            "down": s.spec.down,
+                            "backup": s.spec.backup,
+                            "build": s.spec.build,
+                        })
+                    })
+                    .collect();
+                let pool_json = serde_json::json!({
+                    "allow_empty": pool.allow_empty,
+                    "generation": snap.generation,
+                    "servers": servers,
+                });
+                (pool.name.clone(), pool_json)
+            })
+            .collect(),
+    )
 }
 
 fn plain(status: StatusCode, body: String) -> Response<Vec<u8>> {
@@ -107,6 +175,7 @@ mod tests {
         ]);
         AdminApp {
             pools: Arc::new(pools),
+            consul: Arc::new(ConsulStatus::default()),
         }
     }
 
@@ -134,6 +203,23 @@ mod tests {
         assert_eq!(b, "Upstream name: gray; Backend server count: 0\n\n");
         let r = app().route(&http::Method::GET, "/upstream_list", Some("nope"));
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn status_json_lists_pools_and_an_empty_consul_section() {
+        let r = app().route(&http::Method::GET, "/status", Some("format=json"));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(v["consul"], serde_json::json!({}));
+        let base = &v["pools"]["base"];
+        assert_eq!(base["allow_empty"], false);
+        assert_eq!(base["servers"][0]["name"], "127.0.0.1:1");
+        assert_eq!(base["servers"][0]["fail_timeout"], "10s");
+        assert_eq!(base["servers"][1]["down"], true);
+        assert_eq!(v["pools"]["gray"]["servers"], serde_json::json!([]));
+        let r = app().route(&http::Method::GET, "/status", Some("format=xml"));
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]

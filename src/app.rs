@@ -12,6 +12,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::proxy::{GraySplit, ProxySettings};
+use crate::upstream::consul::{ConsulSource, ConsulStatus, ConsulWatcher};
 use crate::upstream::file_source::{FileSource, FileWatcher};
 use crate::upstream::Pools;
 
@@ -26,6 +27,8 @@ pub struct RunOptions {
 pub struct App {
     pub server: Server,
     pub pools: Arc<Pools>,
+    /// Per-pool Consul watcher state (empty without Consul pools).
+    pub consul: Arc<ConsulStatus>,
 }
 
 fn server_conf(config: &Config) -> ServerConf {
@@ -86,6 +89,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         "pools file watcher",
         FileWatcher { sources },
     ));
+    let consul = consul_source(config, &pools, &mut server)?;
 
     let settings = ProxySettings {
         upstream: config.upstream.clone(),
@@ -103,13 +107,48 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         "graysplit admin".to_string(),
         AdminApp {
             pools: pools.clone(),
+            consul: consul.clone(),
         },
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.server.admin_listen.to_string());
     server.add_service(admin);
 
-    Ok(App { server, pools })
+    Ok(App {
+        server,
+        pools,
+        consul,
+    })
+}
+
+/// Consul pools: dumps loaded now (so traffic flows before Consul answers), the first answer
+/// awaited when `strong_dependency` is set, and one background service polling every pool.
+fn consul_source(
+    config: &Config,
+    pools: &Pools,
+    server: &mut Server,
+) -> Result<Arc<ConsulStatus>, String> {
+    let defs: Vec<_> = config
+        .pools
+        .values()
+        .filter(|p| p.consul_prefix.is_some())
+        .filter_map(|p| Some((p, pools.get(&p.name)?.clone())))
+        .collect();
+    if defs.is_empty() {
+        return Ok(Arc::new(ConsulStatus::default()));
+    }
+    let source = ConsulSource::new(&config.consul, defs)?;
+    if config.consul.strong_dependency {
+        source.first_fetch(&config.consul)?;
+    }
+    server.add_service(background_service(
+        "consul watcher",
+        ConsulWatcher {
+            client: source.client.clone(),
+            watchers: source.watchers.clone(),
+        },
+    ));
+    Ok(source.status)
 }
 
 /// `graysplit -t`: beyond the config itself, every pools file must be readable and every line
@@ -119,6 +158,30 @@ pub fn check(config: &Config) -> Result<String, crate::config::ConfigErrors> {
     let mut errors = Vec::new();
     let mut servers = 0;
     for p in config.pools.values() {
+        // A dump is our own output, but it may have been edited for a rollback: check it too.
+        if let Some(dump) = &p.dump_path {
+            match crate::upstream::dump::load(dump) {
+                Ok(Some(parsed)) => {
+                    servers += parsed.servers.len();
+                    errors.extend(parsed.errors.into_iter().map(|e| ConfigError {
+                        key: format!(
+                            "pools.{}.dump_path ({}) line {}",
+                            p.name,
+                            dump.display(),
+                            e.line
+                        ),
+                        value: Some(e.text),
+                        rule: e.reason,
+                    }));
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(ConfigError {
+                    key: format!("pools.{}.dump_path", p.name),
+                    value: Some(dump.display().to_string()),
+                    rule: format!("cannot read the dump: {e}"),
+                }),
+            }
+        }
         let Some(file) = &p.file else { continue };
         let key = format!("pools.{}.file", p.name);
         match crate::upstream::file_source::check(file) {

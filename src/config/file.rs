@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 pub struct FileConfig {
     pub server: ServerSection,
     pub upstream: UpstreamSection,
+    pub consul: ConsulSection,
     pub pools: BTreeMap<String, PoolSection>,
 }
 
@@ -73,11 +74,55 @@ impl Default for UpstreamSection {
     }
 }
 
+/// `[consul]`: where Consul KV pools come from. Only used when a pool sets `consul_prefix`.
+#[derive(Deserialize)]
+#[serde(default)]
+pub struct ConsulSection {
+    pub addresses: Vec<String>,
+    /// ACL token; a secret, so this type's `Debug` never shows it.
+    pub token: Option<String>,
+    pub wait: String,
+    pub interval: String,
+    pub strong_dependency: bool,
+    /// `None` means "the minimum": wait + wait/16 + a margin.
+    pub timeout: Option<String>,
+}
+
+impl Default for ConsulSection {
+    fn default() -> Self {
+        Self {
+            addresses: Vec::new(),
+            token: None,
+            wait: "5m".into(),
+            interval: "500ms".into(),
+            strong_dependency: false,
+            timeout: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ConsulSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulSection")
+            .field("addresses", &self.addresses)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("wait", &self.wait)
+            .field("interval", &self.interval)
+            .field("strong_dependency", &self.strong_dependency)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct PoolSection {
     /// Pools file in upsync's dump format (the file source).
     pub file: Option<String>,
+    /// Consul KV folder whose keys are this pool's servers (the Consul source).
+    pub consul_prefix: Option<String>,
+    /// Where the Consul source keeps its last good list (upsync's `upsync_dump_path`).
+    pub dump_path: Option<String>,
     /// `None` means "the default for this pool": false for `base`, true for every other pool.
     pub allow_empty: Option<bool>,
 }

@@ -66,6 +66,7 @@ pub struct Config {
     pub path: PathBuf,
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
+    pub consul: ConsulConfig,
     pub pools: BTreeMap<String, PoolConfig>,
 }
 
@@ -105,10 +106,64 @@ pub struct UpstreamConfig {
     pub host_header: HostHeader,
 }
 
+/// A secret (the Consul ACL token): `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that must send it (the `X-Consul-Token` header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Environment variable holding the Consul token when the config file does not set `token`
+/// (keeps the secret out of a file that is usually in version control).
+pub const CONSUL_TOKEN_ENV: &str = "GRAYSPLIT_CONSUL_TOKEN";
+
+/// Added to `wait + wait/16` for the minimum client timeout: Consul holds a blocking query up to
+/// `wait` plus a random `wait/16`, and the answer still has to travel back to us.
+pub const CONSUL_TIMEOUT_MARGIN: Duration = Duration::from_secs(3);
+
+/// Consul caps `?wait=` at 10 minutes; longer values would only be cut silently.
+pub const CONSUL_MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// The smallest client timeout that never cuts a healthy blocking query short.
+pub fn consul_min_timeout(wait: Duration) -> Duration {
+    wait + wait / 16 + CONSUL_TIMEOUT_MARGIN
+}
+
+/// `[consul]`, validated. `addresses` is empty when no pool uses Consul.
+#[derive(Debug, Clone)]
+pub struct ConsulConfig {
+    /// Base URLs such as `http://127.0.0.1:8500` (no trailing '/'), tried in turn.
+    pub addresses: Vec<String>,
+    pub token: Option<Secret>,
+    /// Blocking-query wait sent as `?wait=`.
+    pub wait: Duration,
+    /// Minimum gap between two polls of one pool (upsync_interval).
+    pub interval: Duration,
+    /// Refuse to start unless Consul answers at startup.
+    pub strong_dependency: bool,
+    /// Client timeout of one poll; at least [`consul_min_timeout`].
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub name: String,
+    /// The file source; exactly one of `file` and `consul_prefix` is set.
     pub file: Option<PathBuf>,
+    /// The Consul source: a KV folder ending in '/'.
+    pub consul_prefix: Option<String>,
+    /// Dump of the last good Consul list (Consul pools only).
+    pub dump_path: Option<PathBuf>,
     pub allow_empty: bool,
 }
 
@@ -134,6 +189,16 @@ impl Config {
 
     /// Parses and validates TOML text as if it were read from `path`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+        Config::from_toml_with_env(text, path, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::from_toml`], reading environment variables through `env` (so tests need not
+    /// touch the process environment).
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
         let mut unknown = Vec::new();
         let de = toml::Deserializer::new(text);
         let raw: file::FileConfig = serde_ignored::deserialize(de, |key| {
@@ -147,10 +212,16 @@ impl Config {
             vec![ConfigError {
                 key: String::new(),
                 value: None,
-                rule: format!("invalid TOML: {}", e.to_string().trim_end()),
+                rule: format!(
+                    "invalid TOML: {}",
+                    redact_token_lines(text, e.to_string().trim_end())
+                ),
             }]
         })?;
-        let mut v = Validator { errors: unknown };
+        let mut v = Validator {
+            errors: unknown,
+            env: &env,
+        };
         let base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let config = v.config(raw, path, &base_dir);
         if v.errors.is_empty() {
@@ -163,11 +234,12 @@ impl Config {
 
 /// Collects errors while turning the file shape into typed values. Each helper returns a usable
 /// placeholder on error so validation can continue and find the next problem.
-struct Validator {
+struct Validator<'e> {
     errors: Vec<ConfigError>,
+    env: &'e dyn Fn(&str) -> Option<String>,
 }
 
-impl Validator {
+impl Validator<'_> {
     fn error(&mut self, key: &str, value: impl fmt::Display, rule: impl Into<String>) {
         self.errors.push(ConfigError {
             key: key.into(),
@@ -213,11 +285,15 @@ impl Validator {
     fn config(&mut self, raw: file::FileConfig, path: &Path, base_dir: &Path) -> Config {
         let server = self.server(&raw.server);
         let upstream = self.upstream(&raw.upstream);
-        let pools = self.pools(raw.pools, base_dir);
+        let consul = self.consul(&raw.consul);
+        // Bad addresses are reported on their own; "no addresses" only when none were written.
+        let consul_listed = !raw.consul.addresses.is_empty();
+        let pools = self.pools(raw.pools, base_dir, consul_listed);
         Config {
             path: path.to_path_buf(),
             server,
             upstream,
+            consul,
             pools,
         }
     }
@@ -296,12 +372,108 @@ impl Validator {
         }
     }
 
+    fn consul(&mut self, c: &file::ConsulSection) -> ConsulConfig {
+        let addresses = c
+            .addresses
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| self.consul_address(&format!("consul.addresses[{i}]"), a))
+            .collect();
+        let wait = self.positive_duration("consul.wait", &c.wait);
+        if wait > CONSUL_MAX_WAIT {
+            self.error(
+                "consul.wait",
+                &c.wait,
+                "must be at most 10m (Consul caps blocking queries at 10 minutes)",
+            );
+        }
+        let interval = self.positive_duration("consul.interval", &c.interval);
+        let min_timeout = consul_min_timeout(wait);
+        let timeout = match c.timeout.as_deref() {
+            None => min_timeout,
+            Some(t) => {
+                let timeout = self.duration("consul.timeout", t);
+                if duration::parse(t).is_ok() && timeout < min_timeout {
+                    self.error(
+                        "consul.timeout",
+                        t,
+                        format!(
+                            "must be at least wait + wait/16 + {} = {} (Consul may hold a \
+                             blocking query for wait + wait/16); leave it out to get that",
+                            duration::format(CONSUL_TIMEOUT_MARGIN),
+                            duration::format(min_timeout)
+                        ),
+                    );
+                }
+                timeout.max(min_timeout)
+            }
+        };
+        ConsulConfig {
+            addresses,
+            token: self.consul_token(c.token.as_deref()),
+            wait,
+            interval,
+            strong_dependency: c.strong_dependency,
+            timeout,
+        }
+    }
+
+    /// `http(s)://host[:port]`, returned without a trailing '/'.
+    fn consul_address(&mut self, key: &str, value: &str) -> Option<String> {
+        const RULE: &str =
+            "must be an http:// or https:// URL of a Consul agent, e.g. \"http://127.0.0.1:8500\"";
+        let Ok(url) = reqwest::Url::parse(value.trim()) else {
+            self.error(key, value, RULE);
+            return None;
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            // The value holds a credential, so it is not echoed.
+            self.error_no_value(
+                key,
+                "must not contain a user or password (use `token` for Consul ACLs)",
+            );
+            return None;
+        }
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host_str().is_none()
+            || url.path() != "/"
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            self.error(key, value, RULE);
+            return None;
+        }
+        Some(url.origin().ascii_serialization())
+    }
+
+    /// The token from the file, else from the environment. Never echoed in errors.
+    fn consul_token(&mut self, from_file: Option<&str>) -> Option<Secret> {
+        let (key, token) = match from_file.filter(|t| !t.is_empty()) {
+            Some(t) => ("consul.token", t.to_string()),
+            None => (
+                CONSUL_TOKEN_ENV,
+                (self.env)(CONSUL_TOKEN_ENV).filter(|t| !t.is_empty())?,
+            ),
+        };
+        // It travels as an HTTP header value.
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            self.error_no_value(
+                key,
+                "must be printable ASCII without spaces (the value is not shown: it is a secret)",
+            );
+            return None;
+        }
+        Some(Secret(token))
+    }
+
     fn pools(
         &mut self,
         raw: BTreeMap<String, file::PoolSection>,
         base_dir: &Path,
+        consul_listed: bool,
     ) -> BTreeMap<String, PoolConfig> {
         let mut pools = BTreeMap::new();
+        let mut dumps: BTreeMap<PathBuf, String> = BTreeMap::new();
         for (name, p) in raw {
             let key = format!("pools.{name}");
             if !valid_pool_name(&name) {
@@ -319,18 +491,66 @@ impl Validator {
                 Some(f) => Some(base_dir.join(f)),
                 None => None,
             };
-            if file.is_none() && p.file.is_none() {
-                self.error_no_value(
+            let consul_prefix = p
+                .consul_prefix
+                .as_deref()
+                .and_then(|prefix| self.consul_prefix(&format!("{key}.consul_prefix"), prefix));
+            match (&p.file, &p.consul_prefix) {
+                (None, None) => self.error_no_value(
                     &key,
-                    "needs a server source: set `file` (a pools file in upsync's dump format)",
+                    "needs a server source: set `file` (a pools file in upsync's dump format) \
+                     or `consul_prefix` (a Consul KV folder such as \"upstreams/base/\")",
+                ),
+                (Some(_), Some(_)) => self.error_no_value(
+                    &key,
+                    "has both `file` and `consul_prefix`: set exactly one server source",
+                ),
+                _ => {}
+            }
+            if let (Some(prefix), false) = (&p.consul_prefix, consul_listed) {
+                self.error(
+                    &format!("{key}.consul_prefix"),
+                    prefix,
+                    "needs Consul addresses: set `addresses` in [consul], \
+                     e.g. addresses = [\"http://127.0.0.1:8500\"]",
                 );
             }
+            let dump_path = match p.dump_path.as_deref() {
+                Some(d) if d.trim().is_empty() => {
+                    self.error(&format!("{key}.dump_path"), d, "must not be empty");
+                    None
+                }
+                Some(d) if p.consul_prefix.is_none() => {
+                    self.error(
+                        &format!("{key}.dump_path"),
+                        d,
+                        "only applies to a pool with `consul_prefix` (a `file` pool is its own dump)",
+                    );
+                    None
+                }
+                Some(d) => {
+                    let path = base_dir.join(d);
+                    if let Some(other) = dumps.insert(path.clone(), name.clone()) {
+                        self.error(
+                            &format!("{key}.dump_path"),
+                            d,
+                            format!(
+                                "is also the dump_path of pool {other:?}: each pool needs its own"
+                            ),
+                        );
+                    }
+                    Some(path)
+                }
+                None => None,
+            };
             let allow_empty = p.allow_empty.unwrap_or(name != BASE_POOL);
             pools.insert(
                 name.clone(),
                 PoolConfig {
                     name,
                     file,
+                    consul_prefix,
+                    dump_path,
                     allow_empty,
                 },
             );
@@ -343,6 +563,45 @@ impl Validator {
         }
         pools
     }
+}
+
+impl Validator<'_> {
+    /// A KV folder: it must end in '/', because Consul matches `?recurse` prefixes as plain
+    /// strings and `upstreams/base` would also read `upstreams/base2/...`.
+    fn consul_prefix(&mut self, key: &str, prefix: &str) -> Option<String> {
+        let rule = if prefix.is_empty() || prefix == "/" {
+            "must name a Consul KV folder, e.g. \"upstreams/base/\""
+        } else if prefix.starts_with('/') {
+            "must not start with '/' (Consul keys are relative, e.g. \"upstreams/base/\")"
+        } else if !prefix.ends_with('/') {
+            "must end with '/': Consul matches prefixes as plain strings, so \"upstreams/base\" \
+             would also read \"upstreams/base2/...\""
+        } else if prefix.contains("//")
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+        {
+            // These characters go into the URL path unescaped.
+            "must be made of a-z, A-Z, 0-9, '.', '_', '-' and single '/' separators"
+        } else {
+            return Some(prefix.to_string());
+        };
+        self.error(key, prefix, rule);
+        None
+    }
+}
+
+/// A TOML syntax error quotes the offending line; when that is the `token = ...` line, the quote
+/// would print the secret, so such lines are blanked out of the message.
+fn redact_token_lines(text: &str, message: &str) -> String {
+    let mut out = message.to_string();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("token") && trimmed.len() > "token".len() {
+            out = out.replace(trimmed, "token = <redacted>");
+        }
+    }
+    out
 }
 
 fn valid_pool_name(name: &str) -> bool {

@@ -158,3 +158,247 @@ fn shipped_configs_are_valid() {
     }
     assert!(seen >= 1, "conf/ holds at least graysplit.toml");
 }
+
+const CONSUL: &str = "[consul]\naddresses = [\"http://127.0.0.1:8500\"]\n\
+                      [pools.base]\nconsul_prefix = \"upstreams/base/\"\n";
+
+fn load_env(text: &str, token_env: Option<&str>) -> Result<Config, Vec<ConfigError>> {
+    Config::from_toml_with_env(text, Path::new("/etc/graysplit/graysplit.toml"), |name| {
+        (name == CONSUL_TOKEN_ENV)
+            .then(|| token_env.map(str::to_string))
+            .flatten()
+    })
+}
+
+#[test]
+fn consul_pool_gets_documented_defaults() {
+    let c = load_env(&format!("{CONSUL}dump_path = \"dumps/base.conf\"\n"), None).unwrap();
+    let k = &c.consul;
+    assert_eq!(k.addresses, vec!["http://127.0.0.1:8500"]);
+    assert_eq!(k.wait, Duration::from_secs(300));
+    assert_eq!(k.interval, Duration::from_millis(500));
+    assert!(!k.strong_dependency);
+    assert_eq!(k.timeout, Duration::from_millis(300_000 + 18_750 + 3_000));
+    assert!(k.token.is_none());
+    let base = &c.pools["base"];
+    assert_eq!(base.consul_prefix.as_deref(), Some("upstreams/base/"));
+    assert_eq!(base.file, None);
+    assert_eq!(
+        base.dump_path.as_deref(),
+        Some(Path::new("/etc/graysplit/dumps/base.conf"))
+    );
+    assert!(!base.allow_empty);
+}
+
+#[test]
+fn consul_addresses_are_normalised_and_https_is_accepted() {
+    let c = load_env(
+        "[consul]\naddresses = [\"http://10.0.0.1:8500/\", \"https://consul.example.com\"]\n\
+         [pools.base]\nconsul_prefix = \"upstreams/base/\"\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        c.consul.addresses,
+        vec!["http://10.0.0.1:8500", "https://consul.example.com"]
+    );
+}
+
+#[test]
+fn consul_prefix_must_end_with_a_slash() {
+    let e = errors(
+        "[consul]\naddresses = [\"http://127.0.0.1:8500\"]\n\
+                    [pools.base]\nconsul_prefix = \"upstreams/base\"\n",
+    );
+    assert_eq!(
+        e,
+        vec![
+            "pools.base.consul_prefix = \"upstreams/base\": must end with '/': Consul matches \
+              prefixes as plain strings, so \"upstreams/base\" would also read \
+              \"upstreams/base2/...\""
+        ]
+    );
+}
+
+#[test]
+fn consul_prefix_other_rules() {
+    for (prefix, rule) in [
+        ("/upstreams/base/", "must not start with '/'"),
+        ("/", "must name a Consul KV folder"),
+        ("", "must name a Consul KV folder"),
+        ("up streams/", "must be made of a-z"),
+        ("up//base/", "must be made of a-z"),
+        ("up?x=1/", "must be made of a-z"),
+    ] {
+        let e = errors(&format!(
+            "[consul]\naddresses = [\"http://127.0.0.1:8500\"]\n\
+             [pools.base]\nconsul_prefix = \"{prefix}\"\n"
+        ));
+        assert_eq!(e.len(), 1, "{prefix:?}: {e:?}");
+        assert!(
+            e[0].starts_with(&format!("pools.base.consul_prefix = {prefix:?}: {rule}")),
+            "{prefix:?}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn a_pool_needs_exactly_one_source() {
+    let e = errors("[pools.base]\nallow_empty = false\n");
+    assert_eq!(
+        e,
+        vec![
+            "pools.base: needs a server source: set `file` (a pools file in upsync's dump \
+              format) or `consul_prefix` (a Consul KV folder such as \"upstreams/base/\")"
+        ]
+    );
+    let e = errors(&format!("{CONSUL}file = \"base.conf\"\n"));
+    assert_eq!(
+        e,
+        vec!["pools.base: has both `file` and `consul_prefix`: set exactly one server source"]
+    );
+}
+
+#[test]
+fn consul_prefix_without_addresses_is_an_error() {
+    let e = errors("[pools.base]\nconsul_prefix = \"upstreams/base/\"\n");
+    assert_eq!(
+        e,
+        vec![
+            "pools.base.consul_prefix = \"upstreams/base/\": needs Consul addresses: set \
+              `addresses` in [consul], e.g. addresses = [\"http://127.0.0.1:8500\"]"
+        ]
+    );
+}
+
+#[test]
+fn bad_consul_values_are_all_reported() {
+    let e = errors(
+        "[consul]\naddresses = [\"127.0.0.1:8500\", \"ftp://x\", \"http://h:1/v1/kv\", \
+         \"http://user:hunter2@h:1\"]\nwait = \"11m\"\ninterval = \"0s\"\ntimeout = \"10s\"\n\
+         [pools.base]\nconsul_prefix = \"upstreams/base/\"\n",
+    );
+    let rule =
+        "must be an http:// or https:// URL of a Consul agent, e.g. \"http://127.0.0.1:8500\"";
+    assert_eq!(
+        e,
+        vec![
+            format!("consul.addresses[0] = \"127.0.0.1:8500\": {rule}"),
+            format!("consul.addresses[1] = \"ftp://x\": {rule}"),
+            format!("consul.addresses[2] = \"http://h:1/v1/kv\": {rule}"),
+            "consul.addresses[3]: must not contain a user or password (use `token` for Consul ACLs)"
+                .to_string(),
+            "consul.wait = \"11m\": must be at most 10m (Consul caps blocking queries at 10 minutes)"
+                .to_string(),
+            "consul.interval = \"0s\": must be greater than zero".to_string(),
+            "consul.timeout = \"10s\": must be at least wait + wait/16 + 3s = 704250ms (Consul may \
+             hold a blocking query for wait + wait/16); leave it out to get that"
+                .to_string(),
+        ]
+    );
+    assert!(
+        !e.iter().any(|m| m.contains("hunter2")),
+        "password echoed: {e:?}"
+    );
+}
+
+#[test]
+fn consul_timeout_may_be_longer_than_the_minimum() {
+    let c = load_env(
+        "[consul]\naddresses = [\"http://127.0.0.1:8500\"]\nwait = \"16s\"\ntimeout = \"1m\"\n\
+         [pools.base]\nconsul_prefix = \"upstreams/base/\"\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.consul.timeout, Duration::from_secs(60));
+    let e = errors(
+        "[consul]\naddresses = [\"http://127.0.0.1:8500\"]\nwait = \"16s\"\ntimeout = \"19s\"\n\
+         [pools.base]\nconsul_prefix = \"upstreams/base/\"\n",
+    );
+    assert!(e[0].contains("= 20s"), "16s + 1s + 3s: {e:?}");
+}
+
+#[test]
+fn consul_token_comes_from_the_file_else_the_environment_and_is_never_shown() {
+    let with_file = CONSUL.replace("[consul]\n", "[consul]\ntoken = \"s3cret-file\"\n");
+    let c = load_env(&with_file, Some("from-env")).unwrap();
+    assert_eq!(
+        c.consul.token.as_ref().map(Secret::expose),
+        Some("s3cret-file")
+    );
+    let c = load_env(CONSUL, Some("from-env")).unwrap();
+    assert_eq!(
+        c.consul.token.as_ref().map(Secret::expose),
+        Some("from-env")
+    );
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("from-env") && debug.contains("<redacted>"),
+        "{debug}"
+    );
+    let e = load_env(CONSUL, Some("bad token\n")).unwrap_err();
+    let e: Vec<String> = e.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        e,
+        vec![
+            "GRAYSPLIT_CONSUL_TOKEN: must be printable ASCII without spaces (the value is not \
+              shown: it is a secret)"
+        ]
+    );
+    // A TOML syntax error on the token line does not quote the token.
+    let e = errors("[consul]\ntoken = \"s3cret-typo\n");
+    assert!(!e[0].contains("s3cret-typo"), "{e:?}");
+}
+
+#[test]
+fn dump_path_rules() {
+    let e = errors(&format!("{MINIMAL}dump_path = \"base.dump\"\n"));
+    assert_eq!(
+        e,
+        vec![
+            "pools.base.dump_path = \"base.dump\": only applies to a pool with `consul_prefix` \
+              (a `file` pool is its own dump)"
+        ]
+    );
+    let e = errors(&format!(
+        "{CONSUL}dump_path = \"d.conf\"\n[pools.gray]\nconsul_prefix = \"upstreams/gray/\"\n\
+         dump_path = \"d.conf\"\n"
+    ));
+    assert_eq!(
+        e,
+        vec![
+            "pools.gray.dump_path = \"d.conf\": is also the dump_path of pool \"base\": each \
+              pool needs its own"
+        ]
+    );
+}
+
+#[test]
+fn documented_consul_keys_are_valid_and_are_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/graysplit.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text
+        .find("#[consul]\n")
+        .expect("a documented [consul] section");
+    // The commented-out keys (`#key = value`), without the prose (`# ...`).
+    let section: String = text[start..]
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .filter(|l| l.starts_with('#') && !l.starts_with("# "))
+        .map(|l| format!("{}\n", &l[1..]))
+        .collect();
+    let documented = load_env(
+        &format!("{section}[pools.base]\nconsul_prefix = \"upstreams/base/\"\n"),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e:?} in\n{section}"));
+    let defaults = load_env(CONSUL, None).unwrap();
+    let (d, k) = (&documented.consul, &defaults.consul);
+    assert_eq!(d.addresses, k.addresses);
+    assert_eq!(
+        (d.wait, d.interval, d.timeout, d.strong_dependency),
+        (k.wait, k.interval, k.timeout, k.strong_dependency),
+        "conf/graysplit.toml documents the defaults"
+    );
+    assert!(d.token.is_none());
+}
