@@ -702,15 +702,16 @@ impl BackgroundService for ConsulWatcher {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(ended) = tasks.join_next_with_id() => {
-                    // A poll loop never ends on its own; if one panicked, the pool would freeze
-                    // silently, so it is restarted.
-                    let id = match &ended {
-                        Ok((id, _)) => *id,
-                        Err(e) => e.id(),
-                    };
-                    let Some(i) = by_task.remove(&id) else { continue };
+                    // A poll loop only ends by panicking (or with no address, which validation
+                    // rules out); a panicked one would freeze its pool silently, so it is
+                    // restarted.
+                    let Err(e) = ended else { continue };
+                    let Some(i) = by_task.remove(&e.id()) else { continue };
                     let w = &self.watchers[i];
-                    error!("pool {}: the Consul watcher stopped unexpectedly; restarting it", w.pool.name);
+                    error!(
+                        "pool {}: the Consul watcher stopped unexpectedly ({e}); restarting it",
+                        w.pool.name
+                    );
                     let handle = tasks.spawn(w.clone().run(self.client.clone()));
                     by_task.insert(handle.id(), i);
                 }
