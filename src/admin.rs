@@ -3,7 +3,12 @@
 //!
 //! - `GET /healthz` — liveness, `ok`.
 //! - `GET /upstream_list[?<pool>]` — upsync's `upstream_show` text.
-//! - `GET /status?format=json` — pools and Consul watchers as JSON.
+//! - `GET /upstream_list` marks servers that may not take traffic because of their health with a
+//!   trailing comment (`# unhealthy`: active checks say down; `# ejected`: passive failures), so
+//!   every line still parses as upsync's format.
+//! - `GET /status[?format=html|csv|json][&status=up|down]` — nginx_upstream_check_module's page
+//!   (see [`crate::status_page`]); the JSON also carries `consul` (watchers) and `pools`.
+//! - `GET /metrics` — Prometheus text (see [`crate::metrics`]).
 
 use std::sync::Arc;
 
@@ -13,13 +18,17 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::config::duration;
+use crate::metrics::Metrics;
+use crate::status_page::{self, Format};
 use crate::upstream::consul::ConsulStatus;
+use crate::upstream::server::Server;
 use crate::upstream::upsync_format;
 use crate::upstream::Pools;
 
 pub struct AdminApp {
     pub pools: Arc<Pools>,
     pub consul: Arc<ConsulStatus>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AdminApp {
@@ -37,6 +46,7 @@ impl AdminApp {
             "/healthz" => plain(StatusCode::OK, "ok\n".into()),
             "/upstream_list" => self.upstream_list(query),
             "/status" => self.status(query),
+            "/metrics" => self.metrics(),
             _ => plain(
                 StatusCode::NOT_FOUND,
                 "not found; try /upstream_list, /status?format=json or /healthz\n".into(),
@@ -61,6 +71,11 @@ impl AdminApp {
             for s in &snap.servers {
                 out.push_str("        ");
                 out.push_str(&upsync_format::render_line(&s.spec));
+                if let Some(mark) = health_mark(s) {
+                    // Inside the line's comment, which may already hold `build=...`.
+                    out.push_str(if out.ends_with(';') { " # " } else { " " });
+                    out.push_str(mark);
+                }
                 out.push('\n');
             }
             out.push('\n');
@@ -76,31 +91,39 @@ impl AdminApp {
 }
 
 impl AdminApp {
-    /// `/status?format=json`. JSON is the only format so far (and the default).
+    /// `/status`: the check module's page, html by default; JSON adds `consul` and `pools`.
     fn status(&self, query: Option<&str>) -> Response<Vec<u8>> {
-        let format = query
-            .unwrap_or("")
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("format="))
-            .unwrap_or("json");
-        if format != "json" {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                format!("unsupported format {format:?}; use format=json\n"),
-            );
+        let q = match status_page::Query::parse(query) {
+            Ok(q) => q,
+            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        let (rows, generation) = status_page::rows(&self.pools, q.filter);
+        let (body, content_type) = match q.format {
+            Format::Json => {
+                let mut v = status_page::json(&rows, generation);
+                v["consul"] = self.consul.to_json();
+                v["pools"] = pools_json(&self.pools);
+                (v.to_string() + "\n", "application/json")
+            }
+            Format::Csv => (status_page::csv(&rows), "text/csv; charset=utf-8"),
+            Format::Html => (
+                status_page::html(&rows, generation),
+                "text/html; charset=utf-8",
+            ),
+        };
+        with_type(plain(StatusCode::OK, body), content_type)
+    }
+
+    /// `/metrics`: Prometheus text, with per-server gauges and Consul state read now.
+    fn metrics(&self) -> Response<Vec<u8>> {
+        for pool in self.pools.iter() {
+            if let Some(w) = self.consul.get(&pool.name) {
+                self.metrics
+                    .consul_state(&pool.name, w.errors_total, w.last_success);
+            }
         }
-        let body = serde_json::json!({
-            "consul": self.consul.to_json(),
-            "pools": pools_json(&self.pools),
-        });
-        let mut body = body.to_string();
-        body.push('\n');
-        let mut resp = plain(StatusCode::OK, body);
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        resp
+        let body = self.metrics.render(&self.pools);
+        with_type(plain(StatusCode::OK, body), crate::metrics::CONTENT_TYPE)
     }
 }
 
@@ -136,6 +159,25 @@ pub fn pools_json(pools: &Pools) -> serde_json::Value {
             })
             .collect(),
     )
+}
+
+/// The `/upstream_list` comment for a server kept from traffic by its health.
+fn health_mark(s: &Server) -> Option<&'static str> {
+    if !s.health.is_up() {
+        Some("unhealthy")
+    } else if s.health.ejected() {
+        Some("ejected")
+    } else {
+        None
+    }
+}
+
+fn with_type(mut resp: Response<Vec<u8>>, content_type: &'static str) -> Response<Vec<u8>> {
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
 }
 
 fn plain(status: StatusCode, body: String) -> Response<Vec<u8>> {
@@ -176,6 +218,7 @@ mod tests {
         AdminApp {
             pools: Arc::new(pools),
             consul: Arc::new(ConsulStatus::default()),
+            metrics: Arc::new(Metrics::new().unwrap()),
         }
     }
 
@@ -220,6 +263,67 @@ mod tests {
         assert_eq!(v["pools"]["gray"]["servers"], serde_json::json!([]));
         let r = app().route(&http::Method::GET, "/status", Some("format=xml"));
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn upstream_list_marks_unhealthy_and_ejected_servers_and_stays_parseable() {
+        let a = app();
+        let base = a.pools.get("base").unwrap().snapshot();
+        base.servers[0].health.set_up(false);
+        let mut one_fail = base.servers[1].spec.clone();
+        one_fail.max_fails = 1;
+        base.servers[1].health.record_failure(&one_fail);
+        let b = body(a.route(&http::Method::GET, "/upstream_list", Some("base")));
+        assert!(
+            b.contains("server 127.0.0.1:1 weight=1 max_fails=2 fail_timeout=10s; # unhealthy\n"),
+            "{b}"
+        );
+        assert!(b.contains("fail_timeout=10s down; # ejected\n"), "{b}");
+        let lines: String = b
+            .lines()
+            .skip(1)
+            .map(|l| format!("{}\n", l.trim()))
+            .collect();
+        let parsed = upsync_format::parse(&lines);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        assert_eq!(parsed.servers.len(), 2);
+    }
+
+    #[test]
+    fn status_has_the_check_modules_three_formats_and_a_filter() {
+        let a = app();
+        a.pools.get("base").unwrap().snapshot().servers[1]
+            .health
+            .set_up(false);
+        let html = a.route(&http::Method::GET, "/status", None);
+        assert_eq!(html.headers()["content-type"], "text/html; charset=utf-8");
+        assert!(body(html).contains("Check upstream server number: 2"));
+        let csv = body(a.route(
+            &http::Method::GET,
+            "/status",
+            Some("format=csv&status=down"),
+        ));
+        assert_eq!(csv, "1,base,127.0.0.1:2,down,0,0,none,0\n");
+        let r = a.route(&http::Method::GET, "/status", Some("format=json&status=up"));
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(v["servers"]["total"], 1);
+        assert_eq!(v["servers"]["server"][0]["name"], "127.0.0.1:1");
+        assert!(v["consul"].is_object() && v["pools"].is_object());
+        let r = a.route(&http::Method::GET, "/status", Some("status=maybe"));
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let r = app().route(&http::Method::GET, "/metrics", None);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        let text = body(r);
+        crate::metrics::text_format::parse(&text).unwrap();
+        assert!(text.contains("graysplit_server_up{pool=\"base\",server=\"127.0.0.1:1\"} 1"));
     }
 
     #[test]

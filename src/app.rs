@@ -11,7 +11,9 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::{GraySplit, ProxySettings};
+use crate::upstream::checker::HealthChecker;
 use crate::upstream::consul::{ConsulSource, ConsulStatus, ConsulWatcher};
 use crate::upstream::file_source::{FileSource, FileWatcher};
 use crate::upstream::Pools;
@@ -70,6 +72,13 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
             .values()
             .map(|p| (p.name.as_str(), p.allow_empty)),
     ));
+    // Before any server list is applied: with default_down, new servers start down.
+    for p in config.pools.values() {
+        if let Some(pool) = pools.get(&p.name) {
+            pool.set_checks(p.health.clone());
+        }
+    }
+    let metrics = Arc::new(Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?);
     let mut sources = Vec::new();
     for p in config.pools.values() {
         let (Some(file), Some(pool)) = (&p.file, pools.get(&p.name)) else {
@@ -96,18 +105,25 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         keepalive_timeout: config.server.keepalive_timeout,
         access_log: config.server.access_log,
         debug_headers: config.server.debug_headers,
+        metrics: metrics.clone(),
     };
     let proxy = GraySplit::new(&pools, settings).ok_or("the base pool is not configured")?;
     let mut proxy_service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "graysplit");
     proxy_service.add_tcp(&config.server.listen.to_string());
-    server.add_service(proxy_service);
+    let checker = server.add_service(background_service(
+        "health checks",
+        HealthChecker::new(checked_pools(&pools), metrics.clone()),
+    ));
+    // The proxy starts once every server had its first check (warm start, see checker.rs).
+    server.add_service(proxy_service).add_dependency(&checker);
 
     let mut admin = Service::new(
         "graysplit admin".to_string(),
         AdminApp {
             pools: pools.clone(),
             consul: consul.clone(),
+            metrics: metrics.clone(),
         },
     );
     admin.threads = Some(1);
@@ -119,6 +135,13 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         pools,
         consul,
     })
+}
+
+/// Pools in the order health checks prefer their settings for a shared address: base first.
+fn checked_pools(pools: &Pools) -> Vec<Arc<crate::upstream::pool::Pool>> {
+    let mut ordered: Vec<_> = pools.iter().cloned().collect();
+    ordered.sort_by_key(|p| (p.name != crate::config::BASE_POOL, p.name.clone()));
+    ordered
 }
 
 /// Consul pools: dumps loaded now (so traffic flows before Consul answers), the first answer

@@ -9,6 +9,8 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod proxy;
 pub mod static_site;
+pub mod status_page;
 pub mod upstream;

@@ -24,8 +24,12 @@ const CURL_VALUE: &str = r#"{"weight":1, "max_fails":2, "fail_timeout":10}"#;
 /// `[consul]` plus a Consul `base` pool with a dump. `wait` is short so hang tests end quickly.
 fn config(addresses: &[String], wait: &str, extra_consul: &str) -> String {
     let list: Vec<String> = addresses.iter().map(|a| format!("{a:?}")).collect();
+    // No active health checks: these tests time pool changes and count hits exactly, which
+    // default_down's `rise` passes and the checks' own requests would blur (tests/health.rs
+    // covers checks, including servers arriving from a pool source).
     format!(
-        "[consul]\naddresses = [{}]\nwait = \"{wait}\"\ninterval = \"100ms\"\n{extra_consul}\n\
+        "[health]\nenabled = false\n\
+         [consul]\naddresses = [{}]\nwait = \"{wait}\"\ninterval = \"100ms\"\n{extra_consul}\n\
          [pools.base]\nconsul_prefix = \"{BASE}\"\ndump_path = \"base.dump\"\n",
         list.join(", ")
     )
@@ -745,7 +749,8 @@ async fn bench_put_to_first_request() {
     let (a, b) = (Upstream::start("base"), Upstream::start("base"));
     consul.put(&key(BASE, &a), "");
     let toml = format!(
-        "[consul]\naddresses = [\"{}\"]\n[pools.base]\nconsul_prefix = \"{BASE}\"\n",
+        "[health]\nenabled = false\n[consul]\naddresses = [\"{}\"]\n\
+         [pools.base]\nconsul_prefix = \"{BASE}\"\n",
         consul.url()
     );
     let g = Graysplit::start(&toml, &[]);

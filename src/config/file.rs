@@ -13,6 +13,8 @@ pub struct FileConfig {
     pub server: ServerSection,
     pub upstream: UpstreamSection,
     pub consul: ConsulSection,
+    /// Active checks shared by every pool (`[health]`).
+    pub health: super::health::HealthSection,
     pub pools: BTreeMap<String, PoolSection>,
 }
 
@@ -58,6 +60,8 @@ pub struct UpstreamSection {
     pub keepalive_pool_size: usize,
     pub tries: usize,
     pub host_header: String,
+    pub fail_on_status: Vec<u16>,
+    pub retry_on_status: Vec<u16>,
 }
 
 impl Default for UpstreamSection {
@@ -70,6 +74,8 @@ impl Default for UpstreamSection {
             keepalive_pool_size: 128,
             tries: 2,
             host_header: "host".into(),
+            fail_on_status: super::health::DEFAULT_FAIL_ON_STATUS.to_vec(),
+            retry_on_status: Vec::new(),
         }
     }
 }
@@ -125,4 +131,6 @@ pub struct PoolSection {
     pub dump_path: Option<String>,
     /// `None` means "the default for this pool": false for `base`, true for every other pool.
     pub allow_empty: Option<bool>,
+    /// This pool's active checks; unset keys come from `[health]`.
+    pub health: super::health::HealthSection,
 }

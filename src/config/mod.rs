@@ -7,6 +7,7 @@
 
 pub mod duration;
 pub mod file;
+pub mod health;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -67,6 +68,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub consul: ConsulConfig,
+    /// The shared `[health]` section (each pool's own settings are in [`PoolConfig::health`]).
+    pub health: health::HealthSettings,
     pub pools: BTreeMap<String, PoolConfig>,
 }
 
@@ -104,6 +107,10 @@ pub struct UpstreamConfig {
     pub keepalive_pool_size: usize,
     pub tries: usize,
     pub host_header: HostHeader,
+    /// Upstream statuses counted as passive failures (default 502, 503, 504).
+    pub fail_on_status: Vec<u16>,
+    /// Upstream statuses on which a GET or HEAD is retried on another server (default none).
+    pub retry_on_status: Vec<u16>,
 }
 
 /// A secret (the Consul ACL token): `Debug` and `Display` never show it.
@@ -165,6 +172,8 @@ pub struct PoolConfig {
     /// Dump of the last good Consul list (Consul pools only).
     pub dump_path: Option<PathBuf>,
     pub allow_empty: bool,
+    /// Active checks: `[pools.<name>.health]` over `[health]` over the defaults.
+    pub health: health::HealthSettings,
 }
 
 /// The pool every request falls back to; it must exist.
@@ -288,12 +297,30 @@ impl Validator<'_> {
         let consul = self.consul(&raw.consul);
         // Bad addresses are reported on their own; "no addresses" only when none were written.
         let consul_listed = !raw.consul.addresses.is_empty();
-        let pools = self.pools(raw.pools, base_dir, consul_listed);
+        let health = health::resolve(
+            &mut self.errors,
+            "health",
+            &raw.health,
+            &health::HealthSettings::default(),
+        );
+        let pool_health: Vec<(String, health::HealthSection)> = raw
+            .pools
+            .iter()
+            .map(|(name, p)| (name.clone(), p.health.clone()))
+            .collect();
+        let mut pools = self.pools(raw.pools, base_dir, consul_listed);
+        for (name, section) in pool_health {
+            if let Some(pool) = pools.get_mut(&name) {
+                let prefix = format!("pools.{name}.health");
+                pool.health = health::resolve(&mut self.errors, &prefix, &section, &health);
+            }
+        }
         Config {
             path: path.to_path_buf(),
             server,
             upstream,
             consul,
+            health,
             pools,
         }
     }
@@ -369,6 +396,16 @@ impl Validator<'_> {
             keepalive_pool_size: u.keepalive_pool_size,
             tries: u.tries,
             host_header,
+            fail_on_status: health::statuses(
+                &mut self.errors,
+                "upstream.fail_on_status",
+                &u.fail_on_status,
+            ),
+            retry_on_status: health::statuses(
+                &mut self.errors,
+                "upstream.retry_on_status",
+                &u.retry_on_status,
+            ),
         }
     }
 
@@ -552,6 +589,8 @@ impl Validator<'_> {
                     consul_prefix,
                     dump_path,
                     allow_empty,
+                    // Resolved by `config` once the shared [health] section is known.
+                    health: health::HealthSettings::default(),
                 },
             );
         }

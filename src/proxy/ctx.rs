@@ -22,6 +22,10 @@ pub struct RequestCtx {
     pub tried: Vec<SocketAddr>,
     /// The server of the current (last) attempt.
     pub server: Option<Arc<Server>>,
+    /// Start of the first upstream attempt (for the upstream response time).
+    pub upstream_started: Option<Instant>,
+    /// The current attempt already counted as a passive failure (so its end is no success).
+    pub attempt_failed: bool,
 }
 
 impl Default for RequestCtx {
@@ -33,6 +37,8 @@ impl Default for RequestCtx {
             reason: "default",
             tried: Vec::new(),
             server: None,
+            upstream_started: None,
+            attempt_failed: false,
         }
     }
 }

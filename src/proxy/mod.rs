@@ -3,8 +3,11 @@
 //! ```text
 //! early_request_filter   downstream keep-alive timeout
 //! request_filter         decide the pool once (stored in ctx; retries do not re-decide)
-//! upstream_peer          pick a server in that pool, skipping servers this request already tried
+//! upstream_peer          pick a server in that pool, skipping servers this request already tried;
+//!                        gray without a usable server → base (`gray_unavailable`), none → 502
 //! fail_to_connect        passive failure + retry on another server (nothing was sent yet)
+//! upstream_response_filter  fail_on_status counts, retry_on_status retries GET/HEAD (passive.rs)
+//! error_while_proxy      passive failure on fresh connections + Pingora's retry policy
 //! upstream_request_filter Host / X-Real-IP / X-Forwarded-For as the seed's nginx did
 //! response_filter        debug headers
 //! fail_to_proxy          short plain 502/504 page with Retry-After, never a hang
@@ -13,19 +16,22 @@
 
 pub mod ctx;
 pub mod forwarded;
+mod passive;
+pub mod select;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use log::{info, warn};
+use log::info;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::{HostHeader, UpstreamConfig};
+use crate::metrics::{FailKind, Metrics};
 use crate::upstream::pool::Pool;
 use crate::upstream::Pools;
 use ctx::RequestCtx;
@@ -40,6 +46,7 @@ pub struct ProxySettings {
     pub keepalive_timeout: Duration,
     pub access_log: bool,
     pub debug_headers: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct GraySplit {
@@ -98,13 +105,18 @@ impl ProxyHttp for GraySplit {
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let pool = ctx.pool.clone().unwrap_or_else(|| self.base.clone());
-        let tried = &ctx.tried;
-        let server = pool
-            .select(|s| !tried.contains(&s.spec.addr))
+        let pick = select::pick(&pool, &self.base, self.may_fall_back(ctx), &ctx.tried)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), NO_SERVER))?;
-        ctx.tried.push(server.spec.addr);
-        let peer = self.peer_for(&server);
-        ctx.server = Some(server);
+        if pick.fell_back {
+            ctx.pool = Some(pick.pool);
+            ctx.reason = select::GRAY_UNAVAILABLE;
+        }
+        ctx.tried.push(pick.server.spec.addr);
+        ctx.upstream_started
+            .get_or_insert_with(std::time::Instant::now);
+        ctx.attempt_failed = false;
+        let peer = self.peer_for(&pick.server);
+        ctx.server = Some(pick.server);
         Ok(Box::new(peer))
     }
 
@@ -115,20 +127,49 @@ impl ProxyHttp for GraySplit {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(server) = &ctx.server {
-            if server.health.record_failure(&server.spec) {
-                warn!(
-                    "server {} ejected for {:?} after {} failure(s): {:?}",
-                    server.spec.name,
-                    server.spec.fail_timeout,
-                    server.spec.max_fails,
-                    e.etype()
-                );
-            }
-        }
+        // Refused, unreachable or timed out (ConnectTimedout comes here too).
+        self.count_failure(ctx, FailKind::Connect, e.etype().as_str());
         // Nothing reached the upstream, so retrying is safe for every method.
-        if ctx.tried.len() < self.settings.upstream.tries {
+        if self.may_retry(ctx) {
+            self.count_retry(ctx, FailKind::Connect);
             e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // Runs before anything is written to the client, so an error here can still retry.
+        self.check_status(session, ctx, upstream_response.status.as_u16())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let upstream_fault = e.esource() == &ErrorSource::Upstream;
+        if upstream_fault && !client_reused && !ctx.attempt_failed {
+            self.count_failure(ctx, FailKind::Error, e.etype().as_str());
+        }
+        // Pingora's default policy: idempotent methods whose body is still buffered, and (unless
+        // a phase decided) only after a failure on a reused connection.
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry() && !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            self.count_retry(ctx, FailKind::Error);
         }
         e
     }
@@ -213,8 +254,14 @@ impl ProxyHttp for GraySplit {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        if let (Some(server), None) = (&ctx.server, e) {
+        if let (Some(server), None, false) = (&ctx.server, e, ctx.attempt_failed) {
             server.health.record_success();
+        }
+        let pool = ctx.pool.as_ref().map_or("-", |p| p.name.as_str());
+        let metrics = &self.settings.metrics;
+        metrics.request(pool, ctx.reason, status);
+        if let (Some(started), None) = (ctx.upstream_started, e) {
+            metrics.upstream_time(pool, started.elapsed());
         }
         if !self.settings.access_log {
             return;

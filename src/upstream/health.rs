@@ -1,5 +1,9 @@
 //! Live per-address server state shared by every pool that lists the address.
 //!
+//! Active checks follow nginx_upstream_check_module: a pass bumps the consecutive `rise` counter
+//! and clears `fall`, a failure does the opposite; a down server comes up at `rise` passes, an up
+//! server goes down at `fall` failures. Only the one check task of an address writes these.
+//!
 //! Passive failure accounting follows nginx: `max_fails` failed attempts within `fail_timeout`
 //! make a server unavailable for `fail_timeout`; `max_fails = 0` disables it. Everything here is
 //! atomics so the request path never takes a lock to ask "may I use this server?".
@@ -18,8 +22,13 @@ use super::server::ServerSpec;
 #[derive(Debug)]
 pub struct ServerHealth {
     epoch: Instant,
-    /// Result of active checks; true until active checks say otherwise.
+    /// Result of active checks. Starts true, or false for pools with `default_down`.
     up: AtomicBool,
+    /// Consecutive passing / failing active checks (the check module's `rise`/`fall` counts).
+    rise_count: AtomicU32,
+    fall_count: AtomicU32,
+    /// Active checks run so far (0: never checked).
+    checks: AtomicU64,
     /// Failures counted in the current passive window.
     fails: AtomicU32,
     /// Start of the current passive window, in ms since `epoch`.
@@ -30,17 +39,32 @@ pub struct ServerHealth {
 
 impl Default for ServerHealth {
     fn default() -> Self {
+        Self::starting(true)
+    }
+}
+
+/// A change of the active state, returned by [`ServerHealth::record_check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flip {
+    Up,
+    Down,
+}
+
+impl ServerHealth {
+    /// State of a server nobody has checked yet: up, or down for a `default_down` pool.
+    pub fn starting(up: bool) -> Self {
         Self {
             epoch: Instant::now(),
-            up: AtomicBool::new(true),
+            up: AtomicBool::new(up),
+            rise_count: AtomicU32::new(0),
+            fall_count: AtomicU32::new(0),
+            checks: AtomicU64::new(0),
             fails: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
         }
     }
-}
 
-impl ServerHealth {
     fn now_ms(&self) -> u64 {
         // +1 so that 0 can mean "never".
         self.epoch.elapsed().as_millis() as u64 + 1
@@ -61,6 +85,49 @@ impl ServerHealth {
 
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Records one active check with the pool's thresholds; returns the flip it caused, if any.
+    pub fn record_check(&self, passed: bool, rise: u32, fall: u32) -> Option<Flip> {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        let up = self.up.load(Ordering::Relaxed);
+        if passed {
+            self.fall_count.store(0, Ordering::Relaxed);
+            let count = self
+                .rise_count
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            if !up && count >= rise {
+                self.up.store(true, Ordering::Relaxed);
+                return Some(Flip::Up);
+            }
+        } else {
+            self.rise_count.store(0, Ordering::Relaxed);
+            let count = self
+                .fall_count
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            if up && count >= fall {
+                self.up.store(false, Ordering::Relaxed);
+                return Some(Flip::Down);
+            }
+        }
+        None
+    }
+
+    /// Consecutive passing checks (shown as `rise` on the status page).
+    pub fn rise_count(&self) -> u32 {
+        self.rise_count.load(Ordering::Relaxed)
+    }
+
+    /// Consecutive failing checks (shown as `fall` on the status page).
+    pub fn fall_count(&self) -> u32 {
+        self.fall_count.load(Ordering::Relaxed)
+    }
+
+    /// Active checks run so far.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
     }
 
     /// Is the server currently ejected by passive failures?
@@ -114,9 +181,19 @@ pub struct HealthTable {
 }
 
 impl HealthTable {
-    /// The state for `addr`, created on first use.
+    /// The state for `addr`, created (up) on first use.
     pub fn get(&self, addr: SocketAddr) -> Arc<ServerHealth> {
-        self.entries.lock().entry(addr).or_default().clone()
+        self.get_or_start(addr, true)
+    }
+
+    /// The state for `addr`; a new entry starts `up` or down. An address already known (listed
+    /// by another pool, or listed again with another weight) keeps its state.
+    pub fn get_or_start(&self, addr: SocketAddr, up: bool) -> Arc<ServerHealth> {
+        self.entries
+            .lock()
+            .entry(addr)
+            .or_insert_with(|| Arc::new(ServerHealth::starting(up)))
+            .clone()
     }
 
     /// Drops state no pool refers to any more (called after pool updates).
@@ -188,6 +265,44 @@ mod tests {
         h.record_failure(&s);
         h.record_success();
         assert!(!h.record_failure(&s), "count restarted after a success");
+    }
+
+    #[test]
+    fn rise_and_fall_count_consecutive_checks_like_the_check_module() {
+        let h = ServerHealth::starting(false);
+        assert_eq!(h.record_check(true, 2, 3), None, "one pass is not enough");
+        assert_eq!(h.record_check(false, 2, 3), None);
+        assert_eq!(h.rise_count(), 0, "a failure resets rise");
+        assert_eq!(h.record_check(true, 2, 3), None);
+        assert_eq!(h.record_check(true, 2, 3), Some(Flip::Up));
+        assert!(h.is_up());
+        assert_eq!(h.record_check(true, 2, 3), None, "no flip when already up");
+        assert_eq!(h.rise_count(), 3);
+        assert_eq!(h.record_check(false, 2, 3), None);
+        assert_eq!(h.record_check(false, 2, 3), None);
+        assert_eq!((h.rise_count(), h.fall_count()), (0, 2));
+        assert_eq!(h.record_check(false, 2, 3), Some(Flip::Down));
+        assert!(!h.is_up());
+        assert_eq!(
+            h.record_check(false, 2, 3),
+            None,
+            "no flip when already down"
+        );
+        assert_eq!(h.checks(), 9);
+    }
+
+    #[test]
+    fn new_entries_start_as_asked_and_known_ones_keep_their_state() {
+        let t = HealthTable::default();
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let h = t.get_or_start(a, false);
+        assert!(!h.is_up(), "default_down: never checked, no traffic");
+        h.set_up(true);
+        assert!(
+            t.get_or_start(a, false).is_up(),
+            "known address keeps its state"
+        );
+        assert!(t.get(SocketAddr::from(([127, 0, 0, 1], 2))).is_up());
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Upstream servers: pools, their sources, selection and live health.
 
+pub mod checker;
 pub mod consul;
 pub mod dump;
 pub mod file_source;
 pub mod health;
 pub mod kv_value;
 pub mod pool;
+pub mod probe;
 pub mod server;
 pub mod upsync_format;
 

@@ -10,13 +10,14 @@
 //! readers never block writers. Only the small score vector sits behind a mutex.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use super::health::HealthTable;
 use super::server::{Server, ServerSpec};
+use crate::config::health::HealthSettings;
 
 /// An immutable view of a pool's servers.
 #[derive(Debug, Default)]
@@ -74,6 +75,8 @@ pub struct Pool {
     scores: Mutex<Scores>,
     generation: AtomicU64,
     health: Arc<HealthTable>,
+    /// Active-check settings, set once at startup; unset or disabled: no active checks.
+    checks: OnceLock<Arc<HealthSettings>>,
 }
 
 /// Outcome of [`Pool::replace`].
@@ -94,7 +97,24 @@ impl Pool {
             scores: Mutex::new(Scores::default()),
             generation: AtomicU64::new(0),
             health,
+            checks: OnceLock::new(),
         }
+    }
+
+    /// Sets the pool's active-check settings, once, before its first server list is applied:
+    /// with `default_down`, servers that appear from then on start down until checks pass them.
+    /// Returns false (and changes nothing) when they were already set.
+    pub fn set_checks(&self, settings: HealthSettings) -> bool {
+        self.checks.set(Arc::new(settings)).is_ok()
+    }
+
+    /// The active-check settings, when checks are enabled for this pool.
+    pub fn checks(&self) -> Option<&Arc<HealthSettings>> {
+        self.checks.get().filter(|s| s.enabled)
+    }
+
+    fn starts_down(&self) -> bool {
+        self.checks().is_some_and(|s| s.default_down)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -115,7 +135,7 @@ impl Pool {
             .into_iter()
             .map(|spec| {
                 Arc::new(Server {
-                    health: self.health.get(spec.addr),
+                    health: self.health.get_or_start(spec.addr, !self.starts_down()),
                     spec,
                 })
             })
@@ -136,6 +156,15 @@ impl Pool {
         let usable = |s: &Server| s.selectable() && accept(s);
         self.pick(&snap, |s| !s.spec.backup && usable(s))
             .or_else(|| self.pick(&snap, |s| s.spec.backup && usable(s)))
+    }
+
+    /// Would [`Pool::select`] find a server? (Does not move the round robin.)
+    pub fn has_usable(&self, accept: impl Fn(&Server) -> bool) -> bool {
+        self.snapshot
+            .load()
+            .servers
+            .iter()
+            .any(|s| s.selectable() && accept(s))
     }
 
     fn pick(&self, snap: &Snapshot, candidate: impl Fn(&Server) -> bool) -> Option<Arc<Server>> {
@@ -296,6 +325,26 @@ mod tests {
             "still down after weight change"
         );
         assert_eq!(p.replace(vec![spec(1, 5), spec(2, 1)]), Update::Unchanged);
+    }
+
+    #[test]
+    fn start_down_applies_to_new_addresses_only() {
+        let p = pool(vec![spec(1, 1)]);
+        assert!(p.set_checks(HealthSettings::default()));
+        assert!(!p.set_checks(HealthSettings::default()), "set once");
+        p.replace(vec![spec(1, 1), spec(2, 1)]);
+        let snap = p.snapshot();
+        assert!(
+            snap.servers[0].health.is_up(),
+            "known server keeps its state"
+        );
+        assert!(
+            !snap.servers[1].health.is_up(),
+            "new server waits for its checks"
+        );
+        assert_eq!(counts(&p, 4).get(&1), Some(&4));
+        assert!(p.has_usable(|_| true));
+        assert!(!p.has_usable(|s| s.spec.addr.port() == 2));
     }
 
     #[test]

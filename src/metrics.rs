@@ -1,0 +1,442 @@
+//! Prometheus metrics, served as text on the admin listener's `/metrics`.
+//!
+//! One [`Metrics`] per process with its own `Registry` (no global registry, so tests and the demo
+//! can build several). Labels are pool names, decision reasons, status classes and server
+//! addresses — bounded sets chosen by the operator — never client IPs, user ids or paths.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `graysplit_requests_total` | counter | `pool`, `reason`, `class` (`2xx`…`5xx`, `none` when the client left) |
+//! | `graysplit_upstream_response_seconds` | histogram | `pool` — first upstream attempt to end of response |
+//! | `graysplit_upstream_retries_total` | counter | `pool`, `cause` (`connect`, `status`, `error`) |
+//! | `graysplit_passive_failures_total` | counter | `pool`, `kind` (`connect`, `status`, `error`) |
+//! | `graysplit_passive_ejections_total` | counter | `pool` |
+//! | `graysplit_server_up` | gauge | `pool`, `server` — 1 when active checks and passive state allow traffic |
+//! | `graysplit_health_checks_total` | counter | `result` (`pass`, `fail`) |
+//! | `graysplit_health_flips_total` | counter | `to` (`up`, `down`) |
+//! | `graysplit_consul_poll_errors_total` | counter | `pool` |
+//! | `graysplit_consul_last_success_age_seconds` | gauge | `pool` (absent before the first success) |
+
+use std::time::{Duration, SystemTime};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::upstream::health::Flip;
+use crate::upstream::Pools;
+
+/// Content type of the Prometheus text format served on `/metrics`.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Upstream response time buckets, in seconds: static files are fast, so the low end is fine.
+const RESPONSE_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Why an attempt on a server failed, for the passive and retry counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// Connect refused, unreachable or timed out: nothing reached the server.
+    Connect,
+    /// The server answered with a status listed in `upstream.fail_on_status`.
+    Status,
+    /// Any other upstream error after connecting (reset, read timeout).
+    Error,
+}
+
+impl FailKind {
+    fn label(self) -> &'static str {
+        match self {
+            FailKind::Connect => "connect",
+            FailKind::Status => "status",
+            FailKind::Error => "error",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    upstream_seconds: HistogramVec,
+    retries: IntCounterVec,
+    passive_failures: IntCounterVec,
+    passive_ejections: IntCounterVec,
+    server_up: IntGaugeVec,
+    health_checks: IntCounterVec,
+    health_flips: IntCounterVec,
+    consul_errors: IntCounterVec,
+    consul_age: prometheus::GaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// The status class label of a response (`0`: nothing was sent, the client had gone).
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<_> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let requests = counter(
+            "graysplit_requests_total",
+            "Requests answered, by pool, decision reason and status class.",
+            &["pool", "reason", "class"],
+        )?;
+        let retries = counter(
+            "graysplit_upstream_retries_total",
+            "Attempts retried on another server, by pool and cause.",
+            &["pool", "cause"],
+        )?;
+        let passive_failures = counter(
+            "graysplit_passive_failures_total",
+            "Failed upstream attempts (connect, fail_on_status answer, error), by pool and kind; \
+             they count toward a server's max_fails.",
+            &["pool", "kind"],
+        )?;
+        let passive_ejections = counter(
+            "graysplit_passive_ejections_total",
+            "Servers made unavailable for fail_timeout after max_fails failures.",
+            &["pool"],
+        )?;
+        let health_checks = counter(
+            "graysplit_health_checks_total",
+            "Active health checks run, by result.",
+            &["result"],
+        )?;
+        let health_flips = counter(
+            "graysplit_health_flips_total",
+            "Servers that active checks brought up or took down.",
+            &["to"],
+        )?;
+        let consul_errors = counter(
+            "graysplit_consul_poll_errors_total",
+            "Failed Consul polls, by pool.",
+            &["pool"],
+        )?;
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "graysplit_upstream_response_seconds",
+                "Time from the first upstream attempt to the end of the response.",
+            )
+            .buckets(RESPONSE_BUCKETS.to_vec()),
+            &["pool"],
+        )?;
+        registry.register(Box::new(upstream_seconds.clone()))?;
+        let server_up = IntGaugeVec::new(
+            Opts::new(
+                "graysplit_server_up",
+                "1 when active checks and passive state let the server take traffic.",
+            ),
+            &["pool", "server"],
+        )?;
+        registry.register(Box::new(server_up.clone()))?;
+        let consul_age = prometheus::GaugeVec::new(
+            Opts::new(
+                "graysplit_consul_last_success_age_seconds",
+                "Seconds since the last successful Consul poll, by pool.",
+            ),
+            &["pool"],
+        )?;
+        registry.register(Box::new(consul_age.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            upstream_seconds,
+            retries,
+            passive_failures,
+            passive_ejections,
+            server_up,
+            health_checks,
+            health_flips,
+            consul_errors,
+            consul_age,
+        })
+    }
+
+    /// One finished request (called once, from the proxy's `logging` phase).
+    pub fn request(&self, pool: &str, reason: &str, status: u16) {
+        self.requests
+            .with_label_values(&[pool, reason, status_class(status)])
+            .inc();
+    }
+
+    pub fn upstream_time(&self, pool: &str, elapsed: Duration) {
+        self.upstream_seconds
+            .with_label_values(&[pool])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn retry(&self, pool: &str, cause: FailKind) {
+        self.retries.with_label_values(&[pool, cause.label()]).inc();
+    }
+
+    /// A failed attempt counted against a server; `ejected` when it crossed `max_fails`.
+    pub fn passive_failure(&self, pool: &str, kind: FailKind, ejected: bool) {
+        self.passive_failures
+            .with_label_values(&[pool, kind.label()])
+            .inc();
+        if ejected {
+            self.passive_ejections.with_label_values(&[pool]).inc();
+        }
+    }
+
+    pub fn health_check(&self, passed: bool, flip: Option<Flip>) {
+        let result = if passed { "pass" } else { "fail" };
+        self.health_checks.with_label_values(&[result]).inc();
+        match flip {
+            Some(Flip::Up) => self.health_flips.with_label_values(&["up"]).inc(),
+            Some(Flip::Down) => self.health_flips.with_label_values(&["down"]).inc(),
+            None => {}
+        }
+    }
+
+    /// Consul watcher state of one pool, read at scrape time: the watcher's running error total
+    /// and its last success. For the Consul source to call (or for `/metrics` to feed from its
+    /// shared state) — the counter only ever moves forward.
+    pub fn consul_state(&self, pool: &str, errors_total: u64, last_success: Option<SystemTime>) {
+        let counter = self.consul_errors.with_label_values(&[pool]);
+        let seen = counter.get();
+        if errors_total > seen {
+            counter.inc_by(errors_total - seen);
+        }
+        match last_success.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+            Some(age) => self
+                .consul_age
+                .with_label_values(&[pool])
+                .set(age.as_secs_f64()),
+            None => {
+                // Never succeeded: no sample rather than a misleading 0.
+                let _ = self.consul_age.remove_label_values(&[pool]);
+            }
+        }
+    }
+
+    /// Refreshes the per-server gauges from the pools and renders everything as text.
+    pub fn render(&self, pools: &Pools) -> String {
+        // Servers come and go: rebuild the gauge so removed servers disappear.
+        self.server_up.reset();
+        for pool in pools.iter() {
+            for s in &pool.snapshot().servers {
+                let up = s.health.available(&s.spec);
+                self.server_up
+                    .with_label_values(&[pool.name.as_str(), s.spec.name.as_str()])
+                    .set(i64::from(up));
+            }
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::warn!("cannot encode metrics: {e}");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::server::ServerSpec;
+
+    /// A strict reading of the text format: every line is a comment (`# HELP`/`# TYPE`) or
+    /// `name{labels} value`, names and label names are valid, values are numbers, and every
+    /// sample belongs to a family declared by a `# TYPE` line.
+    pub(crate) fn parse_prometheus_text(text: &str) -> Result<Vec<(String, f64)>, String> {
+        crate::metrics::text_format::parse(text)
+    }
+
+    #[test]
+    fn counters_and_gauges_render_as_valid_text() {
+        let m = Metrics::new().unwrap();
+        let pools = Pools::new([("base", false)]);
+        pools.get("base").unwrap().replace(vec![ServerSpec::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:1",
+        )]);
+        m.request("base", "default", 200);
+        m.request("base", "default", 502);
+        m.request("base", "default", 0);
+        m.upstream_time("base", Duration::from_millis(3));
+        m.retry("base", FailKind::Connect);
+        m.passive_failure("base", FailKind::Status, true);
+        m.health_check(true, Some(Flip::Up));
+        m.consul_state("base", 3, Some(SystemTime::now()));
+        m.consul_state("base", 2, None);
+        let text = m.render(&pools);
+        let samples = parse_prometheus_text(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let get = |name: &str| {
+            samples
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        assert_eq!(
+            get("graysplit_requests_total{class=\"2xx\",pool=\"base\",reason=\"default\"}"),
+            1.0
+        );
+        assert_eq!(
+            get("graysplit_requests_total{class=\"none\",pool=\"base\",reason=\"default\"}"),
+            1.0
+        );
+        assert_eq!(
+            get("graysplit_server_up{pool=\"base\",server=\"127.0.0.1:1\"}"),
+            1.0
+        );
+        assert_eq!(get("graysplit_passive_ejections_total{pool=\"base\"}"), 1.0);
+        assert_eq!(
+            get("graysplit_consul_poll_errors_total{pool=\"base\"}"),
+            3.0
+        );
+        assert_eq!(
+            get("graysplit_upstream_response_seconds_count{pool=\"base\"}"),
+            1.0
+        );
+        assert!(
+            !text.contains("graysplit_consul_last_success_age_seconds{"),
+            "no age before a success: {text}"
+        );
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(404), "4xx");
+        assert_eq!(status_class(0), "none");
+    }
+
+    #[test]
+    fn the_parser_refuses_broken_text() {
+        for bad in [
+            "no_type_line 1\n",
+            "# TYPE x counter\nx{a=\"1\" 1\n",
+            "# TYPE x counter\nx one\n",
+            "# TYPE x counter\n9x 1\n",
+        ] {
+            assert!(parse_prometheus_text(bad).is_err(), "{bad:?}");
+        }
+    }
+}
+
+/// A small checker of the Prometheus text exposition format, used by tests (unit and
+/// integration) to prove `/metrics` is parseable.
+pub mod text_format {
+    /// Returns every sample as (`name{labels}` exactly as written, value).
+    pub fn parse(text: &str) -> Result<Vec<(String, f64)>, String> {
+        let mut families: Vec<String> = Vec::new();
+        let mut samples = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix('#') {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                if words.first() == Some(&"TYPE") {
+                    let (Some(name), Some(kind)) = (words.get(1), words.get(2)) else {
+                        return Err(format!("line {n}: bad TYPE line"));
+                    };
+                    if !valid_name(name)
+                        || !["counter", "gauge", "histogram", "summary", "untyped"].contains(kind)
+                    {
+                        return Err(format!("line {n}: bad TYPE line {line:?}"));
+                    }
+                    families.push((*name).to_string());
+                }
+                continue;
+            }
+            let (series, value) = line
+                .rsplit_once(' ')
+                .ok_or_else(|| format!("line {n}: no value in {line:?}"))?;
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                "NaN" => f64::NAN,
+                v => v
+                    .parse()
+                    .map_err(|_| format!("line {n}: bad value {v:?}"))?,
+            };
+            let name = match series.split_once('{') {
+                Some((name, labels)) => {
+                    let labels = labels
+                        .strip_suffix('}')
+                        .ok_or_else(|| format!("line {n}: unclosed labels in {line:?}"))?;
+                    check_labels(labels).map_err(|e| format!("line {n}: {e} in {line:?}"))?;
+                    name
+                }
+                None => series,
+            };
+            if !valid_name(name) {
+                return Err(format!("line {n}: bad metric name {name:?}"));
+            }
+            let family_ok = families.iter().any(|f| {
+                name == f
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(f.as_str()))
+            });
+            if !family_ok {
+                return Err(format!("line {n}: sample {name:?} has no # TYPE line"));
+            }
+            samples.push((series.to_string(), value));
+        }
+        Ok(samples)
+    }
+
+    fn valid_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+
+    /// `a="x",b="y"`: valid label names, quoted values with `\\`, `\"`, `\n` escapes.
+    fn check_labels(labels: &str) -> Result<(), String> {
+        let mut rest = labels;
+        while !rest.is_empty() {
+            let (name, after) = rest.split_once("=\"").ok_or("label without =\"")?;
+            if !valid_name(name) || name.contains(':') {
+                return Err(format!("bad label name {name:?}"));
+            }
+            let mut escaped = false;
+            let mut end = None;
+            for (i, c) in after.char_indices() {
+                match (escaped, c) {
+                    (true, '\\' | '"' | 'n') => escaped = false,
+                    (true, _) => return Err("bad escape".into()),
+                    (false, '\\') => escaped = true,
+                    (false, '"') => {
+                        end = Some(i);
+                        break;
+                    }
+                    (false, _) => {}
+                }
+            }
+            let end = end.ok_or("unterminated label value")?;
+            rest = &after[end + 1..];
+            rest = match rest.strip_prefix(',') {
+                Some(r) => r,
+                None if rest.is_empty() => rest,
+                None => return Err("expected ',' between labels".into()),
+            };
+        }
+        Ok(())
+    }
+}
