@@ -28,6 +28,8 @@ use crate::upstream::Pools;
 pub struct AdminApp {
     pub pools: Arc<Pools>,
     pub consul: Arc<ConsulStatus>,
+    /// For `/decide` (a dry run of the gray decision).
+    pub gray: Arc<crate::gray::GrayEngine>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -190,10 +192,27 @@ fn plain(status: StatusCode, body: String) -> Response<Vec<u8>> {
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        if req.uri.path() == "/decide" {
+            return match crate::gray::explain::decide(&self.gray, req.uri.query()).await {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => json_response(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e})),
+            };
+        }
         let mut resp = self.route(&req.method, req.uri.path(), req.uri.query());
         if req.method == http::Method::HEAD {
             resp.body_mut().clear();
@@ -218,6 +237,7 @@ mod tests {
         AdminApp {
             pools: Arc::new(pools),
             consul: Arc::new(ConsulStatus::default()),
+            gray: Arc::new(crate::gray::GrayEngine::new(Default::default()).unwrap()),
             metrics: Arc::new(Metrics::new().unwrap()),
         }
     }

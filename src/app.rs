@@ -11,9 +11,12 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
+use crate::gray::consul_switches::ConsulSwitches;
+use crate::gray::{GrayEngine, GrayUpkeep};
 use crate::metrics::Metrics;
 use crate::proxy::{GraySplit, ProxySettings};
 use crate::upstream::checker::HealthChecker;
+use crate::upstream::consul::ConsulClient;
 use crate::upstream::consul::{ConsulSource, ConsulStatus, ConsulWatcher};
 use crate::upstream::file_source::{FileSource, FileWatcher};
 use crate::upstream::Pools;
@@ -107,7 +110,28 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         debug_headers: config.server.debug_headers,
         metrics: metrics.clone(),
     };
-    let proxy = GraySplit::new(&pools, settings).ok_or("the base pool is not configured")?;
+    let gray = Arc::new(GrayEngine::new(config.gray.clone())?);
+    server.add_service(background_service(
+        "gray upkeep",
+        GrayUpkeep {
+            engine: gray.clone(),
+        },
+    ));
+    if let Some(prefix) = &config.gray.consul_prefix {
+        let client = ConsulClient::new(&config.consul)?;
+        server.add_service(background_service(
+            "gray switches from consul",
+            SwitchesWatcher(ConsulSwitches {
+                engine: gray.clone(),
+                client: Arc::new(client),
+                prefix: prefix.clone(),
+                interval: config.consul.interval,
+                timeout: config.consul.timeout,
+            }),
+        ));
+    }
+    let proxy = GraySplit::new(pools.clone(), gray.clone(), settings)
+        .ok_or("the base pool is not configured")?;
     let mut proxy_service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "graysplit");
     proxy_service.add_tcp(&config.server.listen.to_string());
@@ -123,6 +147,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         AdminApp {
             pools: pools.clone(),
             consul: consul.clone(),
+            gray: gray.clone(),
             metrics: metrics.clone(),
         },
     );
@@ -233,5 +258,18 @@ pub fn check(config: &Config) -> Result<String, crate::config::ConfigErrors> {
             path: config.path.clone(),
             errors,
         })
+    }
+}
+
+/// Runs the Consul switches watcher until shutdown.
+struct SwitchesWatcher(ConsulSwitches);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for SwitchesWatcher {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        tokio::select! {
+            _ = self.0.run() => {}
+            _ = shutdown.changed() => {}
+        }
     }
 }

@@ -102,9 +102,18 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
              [server]\nlisten = \"{}\"\nadmin_listen = \"{}\"\nthreads = 2\n\
              pid_file = \"{dir}/graysplit.pid\"\nupgrade_sock = \"{dir}/upgrade.sock\"\n\
              grace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n\n\
-             [pools.base]\nfile = \"base.conf\"\n\n[pools.gray]\nfile = \"gray.conf\"\n",
+             [pools.base]\nfile = \"base.conf\"\n\n[pools.gray]\nfile = \"gray.conf\"\n\n\
+             [gray]\nwhitelist_file = \"whitelist.txt\"\nswitches_file = \"switches.conf\"\n",
             opts.listen, opts.admin
         ),
+    )?;
+    write(
+        &opts.dir.join("whitelist.txt"),
+        "# One IP, CIDR or user:<id> per line; these clients get the gray build.\n# 127.0.0.1\n",
+    )?;
+    write(
+        &opts.dir.join("switches.conf"),
+        "# Runtime switches: enabled = true|false, all = true|false, percent = 0..100\nenabled = true\n",
     )?;
     let config = Config::load(&conf_path).map_err(|e| e.to_string())?;
     let mut app = app::build(&config, RunOptions::default())?;
@@ -124,7 +133,7 @@ fn print_banner(opts: &DemoOptions, pools: &[(&str, String)]) {
     println!("graysplit demo");
     println!("  proxy  http://{}/", opts.listen);
     println!("  admin  http://{}/upstream_list", opts.admin);
-    println!("  files  {dir}/graysplit.toml, {dir}/base.conf, {dir}/gray.conf\n");
+    println!("  files  {dir}/graysplit.toml, base.conf, gray.conf, whitelist.txt, switches.conf\n");
     for (name, text) in pools {
         println!("pool {name}:");
         for l in text.lines().filter(|l| l.starts_with("server")) {
@@ -136,7 +145,9 @@ fn print_banner(opts: &DemoOptions, pools: &[(&str, String)]) {
          \x20 curl -si http://{l}/ | grep -iE 'x-served-by|x-graysplit|<title>'   # alternates between the two base servers\n\
          \x20 curl -s http://{a}/upstream_list                                   # pools in upsync's format\n\
          \x20 edit {dir}/base.conf: add `down` before the ';' of one server       # traffic moves within a second\n\
-         \x20 edit {dir}/base.conf: replace a server with the gray one           # the page turns orange (gray build)\n\
+         \x20 echo 127.0.0.1 >> {dir}/whitelist.txt                            # you are whitelisted: the page turns orange (gray)\n\
+         \x20 curl -s 'http://{a}/decide?ip=127.0.0.1'                          # why: the decision and its reason\n\
+         \x20 echo 'all = true' > {dir}/switches.conf                           # everyone gets gray\n\
          \x20 graysplit -t -c {dir}/graysplit.toml                               # validate a config\n\
          Stop with Ctrl-C.",
         l = opts.listen,

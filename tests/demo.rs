@@ -77,7 +77,23 @@ async fn demo_serves_both_builds_and_follows_pools_file_edits() {
         "{list}"
     );
 
-    // As the banner suggests: put the gray server into base; the page turns gray.
+    // As the banner suggests: whitelist yourself; the page turns gray.
+    std::fs::write(dir.path().join("whitelist.txt"), "127.0.0.1\n").unwrap();
+    eventually(
+        Duration::from_secs(2),
+        "the whitelisted client to get gray",
+        || {
+            let (c, page) = (c.clone(), page.clone());
+            async move {
+                let r = c.get(page).send().await.ok()?;
+                (r.headers().get("x-graysplit-reason")?.to_str().ok()? == "ip").then_some(())
+            }
+        },
+    )
+    .await;
+    std::fs::write(dir.path().join("whitelist.txt"), "").unwrap();
+
+    // Put the gray server into base; the page turns gray for everyone.
     let gray = std::fs::read_to_string(dir.path().join("gray.conf")).unwrap();
     common::proc::write_atomically(&dir.path().join("base.conf"), &gray);
     eventually(

@@ -501,3 +501,64 @@ async fn a_connect_timeout_is_retried_on_another_server() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gray_down_or_empty_is_served_by_base_with_reason_gray_unavailable() {
+    let (base, gray) = (Upstream::start("base"), Upstream::start("gray"));
+    // `all = true` sends every request to gray (issue 5's switch).
+    let g = Graysplit::start(
+        &format!("{FAST_CHECKS}\n{}\n[gray]\nall = true\n", pools_toml()),
+        &[
+            ("base.conf", &format!("{}\n", base.line(""))),
+            ("gray.conf", &format!("{}\n", gray.line(""))),
+        ],
+    );
+    let c = client();
+    let pool_of = |r: &reqwest::Response| {
+        let h = |n: &str| r.headers()[n].to_str().unwrap_or("").to_string();
+        (
+            h("x-graysplit-pool"),
+            h("x-graysplit-reason"),
+            h("x-served-by"),
+        )
+    };
+    let r = c.get(g.url("/")).send().await.expect("request");
+    assert_eq!(
+        pool_of(&r),
+        ("gray".into(), "all_gray".into(), gray.addr.to_string())
+    );
+
+    gray.set_healthy(false);
+    eventually(Duration::from_secs(5), "gray to go down", || async {
+        (row(&g, &gray).await["status"] == "down").then_some(())
+    })
+    .await;
+    let r = c.get(g.url("/")).send().await.expect("request");
+    assert_eq!(r.status(), 200, "a page, not an error");
+    assert_eq!(
+        pool_of(&r),
+        (
+            "base".into(),
+            "gray_unavailable".into(),
+            base.addr.to_string()
+        )
+    );
+
+    g.write_file("gray.conf", "# no gray today\n");
+    eventually(Duration::from_secs(3), "gray to be emptied", || async {
+        let v = status_json(&g, "").await;
+        (v["servers"]["total"] == 1).then_some(())
+    })
+    .await;
+    let r = c.get(g.url("/")).send().await.expect("request");
+    assert_eq!(pool_of(&r).1, "gray_unavailable");
+    let (_, m) = get_text(g.admin_url("/metrics")).await;
+    assert_eq!(
+        sample(
+            &m,
+            "graysplit_requests_total{class=\"2xx\",pool=\"base\",reason=\"gray_unavailable\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+}

@@ -16,6 +16,10 @@ pub struct FileConfig {
     /// Active checks shared by every pool (`[health]`).
     pub health: super::health::HealthSection,
     pub pools: BTreeMap<String, PoolSection>,
+    /// The gray decision (`[gray]`, `[gray.redis]`, `[[gray.rules]]`, `[gray.headers.<pool>]`).
+    pub gray: super::gray::GraySection,
+    /// Pass-through routes (`[[routes]]`).
+    pub routes: Vec<super::gray::RouteSection>,
 }
 
 #[derive(Debug, Deserialize)]

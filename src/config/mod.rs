@@ -7,6 +7,7 @@
 
 pub mod duration;
 pub mod file;
+pub mod gray;
 pub mod health;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,7 @@ pub struct Config {
     /// The shared `[health]` section (each pool's own settings are in [`PoolConfig::health`]).
     pub health: health::HealthSettings,
     pub pools: BTreeMap<String, PoolConfig>,
+    pub gray: crate::gray::GraySettings,
 }
 
 #[derive(Debug, Clone)]
@@ -193,7 +195,10 @@ impl Config {
                 rule: format!("cannot read configuration file: {e}"),
             }])
         })?;
-        Config::from_toml(&text, path).map_err(fail)
+        // Absolute, because daemon mode (-d) changes the working directory to `/` and relative
+        // paths inside the file are resolved against the file's own directory.
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        Config::from_toml(&text, &path).map_err(fail)
     }
 
     /// Parses and validates TOML text as if it were read from `path`.
@@ -292,7 +297,7 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: file::FileConfig, path: &Path, base_dir: &Path) -> Config {
-        let server = self.server(&raw.server);
+        let server = self.server(&raw.server, base_dir);
         let upstream = self.upstream(&raw.upstream);
         let consul = self.consul(&raw.consul);
         // Bad addresses are reported on their own; "no addresses" only when none were written.
@@ -315,6 +320,13 @@ impl Validator<'_> {
                 pool.health = health::resolve(&mut self.errors, &prefix, &section, &health);
             }
         }
+        let gray = self.gray(
+            &raw.gray,
+            &raw.routes,
+            &pools,
+            base_dir,
+            !consul.addresses.is_empty(),
+        );
         Config {
             path: path.to_path_buf(),
             server,
@@ -322,10 +334,11 @@ impl Validator<'_> {
             consul,
             health,
             pools,
+            gray,
         }
     }
 
-    fn server(&mut self, s: &file::ServerSection) -> ServerConfig {
+    fn server(&mut self, s: &file::ServerSection, base_dir: &Path) -> ServerConfig {
         let listen = self.addr("server.listen", &s.listen);
         let admin_listen = self.addr("server.admin_listen", &s.admin_listen);
         if listen.port() != 0 && listen.port() == admin_listen.port() {
@@ -358,8 +371,8 @@ impl Validator<'_> {
             listen,
             admin_listen,
             threads: s.threads,
-            pid_file: PathBuf::from(&s.pid_file),
-            upgrade_sock: PathBuf::from(&s.upgrade_sock),
+            pid_file: base_dir.join(&s.pid_file),
+            upgrade_sock: base_dir.join(&s.upgrade_sock),
             grace_period: self.duration("server.grace_period", &s.grace_period),
             graceful_shutdown_timeout: self.duration(
                 "server.graceful_shutdown_timeout",

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::gray::Client;
 use crate::upstream::pool::Pool;
 use crate::upstream::server::Server;
 
@@ -18,6 +19,11 @@ pub struct RequestCtx {
     /// The pool chosen once in `request_filter` (never re-decided on retries).
     pub pool: Option<Arc<Pool>>,
     pub reason: Reason,
+    /// The client as the gray decision saw it (trusted proxies honoured).
+    pub client: Option<Client>,
+    /// The pool the decision chose (`base`, `gray`, a rule's pool): picks the headers sent
+    /// upstream, even when a pass-through route sends the request to another pool.
+    pub decided: Option<std::sync::Arc<str>>,
     /// Servers already attempted for this request, so a retry picks another.
     pub tried: Vec<SocketAddr>,
     /// The server of the current (last) attempt.
@@ -35,6 +41,8 @@ impl Default for RequestCtx {
             peer_ip: None,
             pool: None,
             reason: "default",
+            client: None,
+            decided: None,
             tried: Vec::new(),
             server: None,
             upstream_started: None,

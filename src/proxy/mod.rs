@@ -30,7 +30,9 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::config::{HostHeader, UpstreamConfig};
+use crate::config::{HostHeader, UpstreamConfig, BASE_POOL};
+use crate::gray::decision::Target;
+use crate::gray::GrayEngine;
 use crate::metrics::{FailKind, Metrics};
 use crate::upstream::pool::Pool;
 use crate::upstream::Pools;
@@ -51,16 +53,35 @@ pub struct ProxySettings {
 
 pub struct GraySplit {
     base: Arc<Pool>,
+    pools: Arc<Pools>,
+    gray: Arc<GrayEngine>,
     settings: ProxySettings,
 }
 
 impl GraySplit {
     /// `pools` must contain the base pool (config validation guarantees it).
-    pub fn new(pools: &Pools, settings: ProxySettings) -> Option<Self> {
+    pub fn new(pools: Arc<Pools>, gray: Arc<GrayEngine>, settings: ProxySettings) -> Option<Self> {
         Some(Self {
-            base: pools.get(crate::config::BASE_POOL)?.clone(),
+            base: pools.get(BASE_POOL)?.clone(),
+            pools,
+            gray,
             settings,
         })
+    }
+
+    /// The pool a decision names; a pool that is not configured means base.
+    fn pool_of(&self, target: &Target) -> (Arc<str>, Arc<Pool>) {
+        let name: Arc<str> = match target {
+            Target::Base => Arc::from(BASE_POOL),
+            Target::Gray => Arc::from("gray"),
+            Target::Named(n) => n.clone(),
+        };
+        let pool = self
+            .pools
+            .get(&name)
+            .cloned()
+            .unwrap_or_else(|| self.base.clone());
+        (name, pool)
     }
 
     fn peer_for(&self, server: &crate::upstream::server::Server) -> HttpPeer {
@@ -93,9 +114,24 @@ impl ProxyHttp for GraySplit {
         Ok(())
     }
 
-    async fn request_filter(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        ctx.pool = Some(self.base.clone());
-        ctx.reason = "default";
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let req = session.req_header();
+        let peer = ctx
+            .peer_ip
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let client = self.gray.client(peer, &req.headers);
+        let decision = self
+            .gray
+            .decide(&client, &req.headers, req.uri.query(), false, None)
+            .await;
+        let (decided, mut pool) = self.pool_of(&decision.target);
+        if let Some(route) = self.gray.route(req.uri.path()) {
+            pool = self.pools.get(route).cloned().unwrap_or(pool);
+        }
+        ctx.pool = Some(pool);
+        ctx.reason = decision.reason;
+        ctx.decided = Some(decided);
+        ctx.client = Some(client);
         Ok(false)
     }
 
@@ -200,7 +236,18 @@ impl ProxyHttp for GraySplit {
                 }
             }
         }
+        // The decision travels with the request (e.g. gray → `a: 1`) so the backend gateway routes
+        // the whole chain; a client-sent copy must never choose for itself.
+        for name in self.gray.strip() {
+            req.remove_header(name);
+        }
+        if let Some(decided) = &ctx.decided {
+            for (name, value) in self.gray.headers_for(decided) {
+                req.insert_header(name.clone(), value.clone())?;
+            }
+        }
         if let Some(peer) = ctx.peer_ip {
+            let real_ip = ctx.client.as_ref().map(|c| c.ip).unwrap_or(peer);
             let xff = forwarded::append_forwarded_for(
                 req.headers
                     .get("x-forwarded-for")
@@ -208,7 +255,8 @@ impl ProxyHttp for GraySplit {
                 peer,
             );
             req.insert_header("x-forwarded-for", xff)?;
-            req.insert_header("x-real-ip", peer.to_string())?;
+            // Like nginx's realip module: behind a trusted proxy, X-Real-IP is the real client.
+            req.insert_header("x-real-ip", real_ip.to_string())?;
         }
         Ok(())
     }

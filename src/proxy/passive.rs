@@ -77,9 +77,12 @@ impl GraySplit {
         Ok(())
     }
 
-    /// The decided pool may fall back to base (no pass-through routes exist yet).
-    pub(super) fn may_fall_back(&self, _ctx: &RequestCtx) -> bool {
-        true
+    /// The decided pool may fall back to base unless it is a pass-through route's pool.
+    pub(super) fn may_fall_back(&self, ctx: &RequestCtx) -> bool {
+        match (&ctx.pool, &ctx.decided) {
+            (Some(pool), Some(decided)) => pool.name.as_str() == &**decided,
+            _ => true,
+        }
     }
 
     pub(super) fn pool_name(&self, ctx: &RequestCtx) -> String {

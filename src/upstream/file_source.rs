@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use log::{info, warn};
-use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::pool::{Pool, Update};
 use super::upsync_format::{self, LineError};
+use crate::watched_file::WatchedFile;
 
 /// How often files are checked for changes.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -25,10 +25,7 @@ pub const POLL: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub struct FileSource {
     pool: Arc<Pool>,
-    path: PathBuf,
-    /// Last content seen (`None` before the first read or while unreadable).
-    last: Mutex<Option<Vec<u8>>>,
-    unreadable: Mutex<bool>,
+    file: WatchedFile,
 }
 
 /// What a load found, for `-t` and the startup log.
@@ -40,53 +37,19 @@ pub struct LoadReport {
 
 impl FileSource {
     pub fn new(pool: Arc<Pool>, path: PathBuf) -> Self {
-        Self {
-            pool,
-            path,
-            last: Mutex::new(None),
-            unreadable: Mutex::new(false),
-        }
+        let file = WatchedFile::new(path, format!("pool {}", pool.name));
+        Self { pool, file }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Reads the file and applies it if its content changed since the last call.
     pub fn poll(&self) {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) => {
-                let mut unreadable = self.unreadable.lock();
-                if !*unreadable {
-                    warn!(
-                        "pool {}: cannot read pools file {}: {e}; keeping the last {} server(s)",
-                        self.pool.name,
-                        self.path.display(),
-                        self.pool.snapshot().servers.len()
-                    );
-                    *unreadable = true;
-                }
-                return;
-            }
-        };
-        {
-            let mut unreadable = self.unreadable.lock();
-            if *unreadable {
-                info!(
-                    "pool {}: pools file {} is readable again",
-                    self.pool.name,
-                    self.path.display()
-                );
-                *unreadable = false;
-            }
+        if let Some(text) = self.file.changed() {
+            self.apply(&text);
         }
-        let mut last = self.last.lock();
-        if last.as_deref() == Some(bytes.as_slice()) {
-            return;
-        }
-        self.apply(&String::from_utf8_lossy(&bytes));
-        *last = Some(bytes);
     }
 
     fn apply(&self, text: &str) {
@@ -95,7 +58,7 @@ impl FileSource {
             warn!(
                 "pool {}: {}: {e}; line skipped",
                 self.pool.name,
-                self.path.display()
+                self.path().display()
             );
         }
         match self.pool.replace(parsed.servers) {
@@ -103,12 +66,12 @@ impl FileSource {
                 "pool {}: {} server(s) from {}: {diff}",
                 self.pool.name,
                 self.pool.snapshot().servers.len(),
-                self.path.display()
+                self.path().display()
             ),
             Update::RefusedEmpty => warn!(
                 "pool {}: {} lists no usable server; keeping the last {} (allow_empty = false)",
                 self.pool.name,
-                self.path.display(),
+                self.path().display(),
                 self.pool.snapshot().servers.len()
             ),
             Update::Unchanged => {}

@@ -1,0 +1,289 @@
+//! The gray decision and its inputs: client IP behind trusted proxies, user id, whitelists
+//! (Redis and file), switches, rules, percent, and the headers each decision sends upstream.
+//!
+//! [`decision`] is pure; this module gathers the inputs (the I/O edge) and keeps runtime state.
+
+pub mod client_ip;
+pub mod consul_switches;
+pub mod decision;
+pub mod explain;
+pub mod redis_whitelist;
+pub mod rules;
+pub mod switches;
+pub mod whitelist;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use log::{info, warn};
+
+use crate::watched_file::WatchedFile;
+use client_ip::ClientIpHeader;
+use decision::{Decision, Hits, Switches, Target};
+use redis_whitelist::{RedisSettings, RedisWhitelist};
+use rules::Rule;
+use whitelist::Whitelist;
+
+/// Validated `[gray]` settings.
+#[derive(Debug, Clone, Default)]
+pub struct GraySettings {
+    pub defaults: Switches,
+    pub trusted_proxies: Vec<IpNet>,
+    pub client_ip_header: Option<ClientIpHeader>,
+    pub user_header: Option<HeaderName>,
+    pub user_cookie: Option<String>,
+    pub rules: Vec<Rule>,
+    /// Headers set on proxied requests, by pool name.
+    pub headers: HashMap<String, Vec<(HeaderName, HeaderValue)>>,
+    /// Path prefix → pool, for pass-through routes (e.g. `/api/` → `gateway`).
+    pub routes: Vec<(String, Arc<str>)>,
+    pub whitelist_file: Option<PathBuf>,
+    pub switches_file: Option<PathBuf>,
+    /// KV folder holding `enabled`, `all`, `percent` (e.g. `graysplit/gray/`).
+    pub consul_prefix: Option<String>,
+    pub redis: Option<RedisSettings>,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub ip: IpAddr,
+    pub user: Option<String>,
+}
+
+pub struct GrayEngine {
+    pub settings: GraySettings,
+    /// Every header name any pool sets: client-sent copies are removed before ours are added.
+    strip: Vec<HeaderName>,
+    switches: ArcSwap<Switches>,
+    file_whitelist: ArcSwap<Whitelist>,
+    whitelist_watch: Option<WatchedFile>,
+    switches_watch: Option<WatchedFile>,
+    pub redis: Option<RedisWhitelist>,
+}
+
+impl GrayEngine {
+    pub fn new(settings: GraySettings) -> Result<Self, String> {
+        let redis = settings
+            .redis
+            .clone()
+            .map(RedisWhitelist::new)
+            .transpose()
+            .map_err(|e| format!("gray.redis.url: {e}"))?;
+        let mut strip: Vec<HeaderName> = settings
+            .headers
+            .values()
+            .flat_map(|h| h.iter().map(|(n, _)| n.clone()))
+            .collect();
+        strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        strip.dedup();
+        let engine = Self {
+            strip,
+            switches: ArcSwap::from_pointee(settings.defaults),
+            file_whitelist: ArcSwap::from_pointee(Whitelist::default()),
+            whitelist_watch: settings
+                .whitelist_file
+                .clone()
+                .map(|p| WatchedFile::new(p, "whitelist")),
+            switches_watch: settings
+                .switches_file
+                .clone()
+                .map(|p| WatchedFile::new(p, "switches")),
+            redis,
+            settings,
+        };
+        engine.poll_files();
+        Ok(engine)
+    }
+
+    /// The client behind this request (trusted proxies honoured) and its user id, if any.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Client {
+        let ip = match self.settings.client_ip_header {
+            Some(which) => client_ip::resolve(
+                peer,
+                headers.get("x-real-ip").map(HeaderValue::as_bytes),
+                joined_forwarded_for(headers).as_deref(),
+                &self.settings.trusted_proxies,
+                which,
+            ),
+            None => crate::proxy::forwarded::canonical_ip(peer),
+        };
+        let from_header = self
+            .settings
+            .user_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim().to_string());
+        let from_cookie = || {
+            self.settings
+                .user_cookie
+                .as_deref()
+                .and_then(|c| rules::cookie(headers, c))
+        };
+        let user = from_header
+            .or_else(from_cookie)
+            .filter(|u| whitelist::valid_user(u));
+        Client { ip, user }
+    }
+
+    pub fn switches(&self) -> Switches {
+        **self.switches.load()
+    }
+
+    /// Replaces the runtime switches (from Consul or the switches file).
+    pub fn set_switches(&self, sw: Switches, source: &str) {
+        if **self.switches.load() != sw {
+            info!(
+                "gray switches from {source}: enabled={} all={} percent={}",
+                sw.enabled,
+                sw.all,
+                f64::from(sw.percent_bp) / 100.0
+            );
+            self.switches.store(Arc::new(sw));
+        }
+    }
+
+    /// Decides one request. `pin` is the pinned pool of a valid pin cookie, if any.
+    pub async fn decide(
+        &self,
+        client: &Client,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        is_asset: bool,
+        pin: Option<&Target>,
+    ) -> Decision {
+        let sw = self.switches();
+        let rule = rules::first_match(&self.settings.rules, headers, query);
+        if let Some(d) = decision::before_lookup(&sw, rule, is_asset, pin) {
+            return d;
+        }
+        let hits = self.hits(client).await;
+        let key = client
+            .user
+            .as_deref()
+            .map(|u| decision::bucket(u.as_bytes()))
+            .unwrap_or_else(|| decision::bucket(client.ip.to_string().as_bytes()));
+        decision::after_lookup(&sw, hits, key)
+    }
+
+    async fn hits(&self, client: &Client) -> Hits {
+        let local = self
+            .file_whitelist
+            .load()
+            .hits(client.ip, client.user.as_deref());
+        if local.ip || local.cidr || local.user {
+            return local;
+        }
+        match &self.redis {
+            Some(r) => r.lookup(client.ip, client.user.as_deref()).await,
+            None => local,
+        }
+    }
+
+    /// The pass-through pool for a path, if a route matches.
+    pub fn route(&self, path: &str) -> Option<&Arc<str>> {
+        self.settings
+            .routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, pool)| pool)
+    }
+
+    /// Header names to remove from the client's request before adding ours.
+    pub fn strip(&self) -> &[HeaderName] {
+        &self.strip
+    }
+
+    /// Headers to set for a decision that went to `pool`.
+    pub fn headers_for(&self, pool: &str) -> &[(HeaderName, HeaderValue)] {
+        self.settings
+            .headers
+            .get(pool)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Re-reads the whitelist and switches files if they changed.
+    pub fn poll_files(&self) {
+        if let Some(text) = self.whitelist_watch.as_ref().and_then(WatchedFile::changed) {
+            let (w, errors) = whitelist::parse(&text);
+            for e in &errors {
+                warn!("whitelist: {e}; line skipped");
+            }
+            info!(
+                "whitelist: {} IP(s), {} CIDR(s), {} user(s)",
+                w.ips.len(),
+                w.cidrs.len(),
+                w.users.len()
+            );
+            self.file_whitelist.store(Arc::new(w));
+        }
+        if let Some(text) = self.switches_watch.as_ref().and_then(WatchedFile::changed) {
+            match switches::parse(&text, self.settings.defaults) {
+                Ok(sw) => self.set_switches(sw, "switches file"),
+                Err(e) => warn!("switches file: {e}; switches unchanged"),
+            }
+        }
+    }
+}
+
+/// All `X-Forwarded-For` headers joined in order, as one list (RFC 7230 allows several).
+fn joined_forwarded_for(headers: &HeaderMap) -> Option<Vec<u8>> {
+    let mut all = headers.get_all("x-forwarded-for").iter();
+    let first = all.next()?;
+    let mut out = first.as_bytes().to_vec();
+    for v in all {
+        out.extend_from_slice(b", ");
+        out.extend_from_slice(v.as_bytes());
+    }
+    Some(out)
+}
+
+/// Names of reasons, for metrics and docs.
+pub const REASONS: &[&str] = &[
+    "switch_off",
+    "all_gray",
+    "rule",
+    "sticky",
+    "ip",
+    "cidr",
+    "user",
+    "percent",
+    "default",
+    "gray_unavailable",
+    "route",
+];
+
+/// Background upkeep: re-read the whitelist and switches files (every 250 ms) and keep the Redis
+/// connection and CIDR set fresh (every second).
+pub struct GrayUpkeep {
+    pub engine: Arc<GrayEngine>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for GrayUpkeep {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            self.engine.poll_files();
+            if n.is_multiple_of(4) {
+                if let Some(r) = &self.engine.redis {
+                    r.maintain().await;
+                }
+            }
+            n += 1;
+        }
+    }
+}
