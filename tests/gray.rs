@@ -154,61 +154,107 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
     until_pool(&trusted.g, &[CLIENT], "gray", Duration::from_secs(3)).await;
 }
 
-/// Sends requests for `dur`; returns (failures, slowest).
-async fn request_loop(g: &Graysplit, dur: Duration) -> (usize, Duration, usize) {
+/// What a steady request loop of the whitelisted client saw.
+#[derive(Debug, Default)]
+struct LoopStats {
+    requests: usize,
+    failed: usize,
+    gray: usize,
+    /// Latencies, sorted.
+    latencies: Vec<Duration>,
+}
+
+impl LoopStats {
+    fn p99(&self) -> Duration {
+        self.latencies[(self.latencies.len() * 99 / 100).min(self.latencies.len() - 1)]
+    }
+}
+
+/// Sends page requests as the whitelisted client for `dur`.
+async fn request_loop(g: &Graysplit, dur: Duration) -> LoopStats {
     let c = client();
-    let (mut failed, mut slowest, mut n) = (0, Duration::ZERO, 0);
+    let mut s = LoopStats::default();
     let end = Instant::now() + dur;
     while Instant::now() < end {
         let t = Instant::now();
         match c.get(g.url("/")).header(CLIENT.0, CLIENT.1).send().await {
-            Ok(r) if r.status() == 200 => {}
-            _ => failed += 1,
+            Ok(r) if r.status() == 200 => {
+                if r.headers()["x-graysplit-pool"] == "gray" {
+                    s.gray += 1;
+                }
+            }
+            _ => s.failed += 1,
         }
-        slowest = slowest.max(t.elapsed());
-        n += 1;
+        s.latencies.push(t.elapsed());
+        s.requests += 1;
     }
-    (failed, slowest, n)
+    s.latencies.sort();
+    s
 }
 
+/// `gray.redis.timeout` (the default), and what "a few ms" above it may add on a loaded,
+/// debug-built test machine (proxying itself takes about a millisecond).
+const TIMEOUT: Duration = Duration::from_millis(20);
+const SLACK: Duration = Duration::from_millis(40);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_down_or_paused_never_fails_or_stalls_a_request() {
+async fn redis_paused_or_killed_never_fails_or_stalls_and_recovers_without_restart() {
     let redis = RedisServer::start();
-    let s = setup(&redis_toml(&redis, ""), &[]);
+    let toml = redis_toml_with(
+        &redis,
+        "",
+        "cache_ttl = \"200ms\"\nbreaker_open = \"500ms\"",
+    );
+    let s = setup(&toml, &[]);
     redis.cli(&["set", "192.168.93.182", "192.168.93.182"]);
     until_pool(&s.g, &[CLIENT], "gray", Duration::from_secs(3)).await;
 
-    // Paused (SIGSTOP): every lookup times out after 20 ms; then the breaker stops asking.
+    // Paused (SIGSTOP): lookups time out after 20 ms, then the breaker stops asking.
     let pid = redis.pid().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-STOP", &pid])
         .status()
         .unwrap()
         .success());
-    let (failed, slowest, n) = request_loop(&s.g, Duration::from_secs(3)).await;
+    // Once the cached answer is older than cache_ttl it is not trusted: the client gets base.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let paused = request_loop(&s.g, Duration::from_secs(2)).await;
     assert!(std::process::Command::new("kill")
         .args(["-CONT", &pid])
         .status()
         .unwrap()
         .success());
-    assert_eq!(failed, 0, "{n} requests with Redis paused");
-    assert!(
-        slowest < Duration::from_millis(500),
-        "a request stalled for {slowest:?}"
+    assert_eq!(paused.failed, 0, "{paused:?}");
+    assert_eq!(
+        paused.gray, 0,
+        "without Redis the answer is base: {paused:?}"
     );
+    assert!(
+        paused.p99() < TIMEOUT + SLACK,
+        "p99 {:?} with Redis paused",
+        paused.p99()
+    );
+    // Back: whitelists work again without a restart.
+    until_pool(&s.g, &[CLIENT], "gray", Duration::from_secs(5)).await;
 
-    // Stopped: same, and pages go on.
+    // Killed, then restarted empty on the same port: base meanwhile, then the new data applies.
+    let port = redis.port;
     drop(redis);
-    let (failed, slowest, n) = request_loop(&s.g, Duration::from_secs(2)).await;
-    assert_eq!(failed, 0, "{n} requests with Redis stopped");
+    let down = request_loop(&s.g, Duration::from_secs(2)).await;
+    assert_eq!(down.failed, 0, "{down:?}");
     assert!(
-        slowest < Duration::from_millis(500),
-        "a request stalled for {slowest:?}"
+        down.p99() < TIMEOUT + SLACK,
+        "p99 {:?} with Redis down",
+        down.p99()
     );
+    let redis = RedisServer::start_on(port);
+    until_pool(&s.g, &[CLIENT], "base", Duration::from_secs(5)).await;
+    redis.cli(&["set", "192.168.93.182", "1"]);
+    until_pool(&s.g, &[CLIENT], "gray", Duration::from_secs(5)).await;
     let log = s.g.log();
     assert!(
         log.contains("failures in a row"),
-        "the breaker opened and said so once:\n{log}"
+        "the breaker opened and said so:\n{log}"
     );
 }
 

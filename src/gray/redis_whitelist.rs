@@ -9,8 +9,9 @@
 //! Per request at most one round trip (a pipeline), bounded by `timeout`. Answers are cached for
 //! `cache_ttl` (hits and misses alike, bounded size); concurrent misses for one key share one
 //! call; after `breaker_failures` failures in a row Redis is left alone for `breaker_open`.
-//! Whatever goes wrong, the answer is the last cached one or "not whitelisted": never an error,
-//! never a stall. The Seed's Lua answered "failed to connect" as the page instead.
+//! Whatever goes wrong, the answer is a cached one still within `cache_ttl`, else "not
+//! whitelisted": never an error, never a stall. The seed's Lua answered "failed to connect" as
+//! the page instead.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -54,6 +55,9 @@ pub struct RedisStats {
 /// (ip whitelisted, user whitelisted) as Redis answered.
 type Answer = (bool, bool);
 type Cell = Arc<OnceCell<Option<Answer>>>;
+
+/// The answer whenever Redis cannot give one: base, as the seed's setup would have served.
+const NOT_LISTED: Answer = (false, false);
 
 pub struct RedisWhitelist {
     settings: RedisSettings,
@@ -101,19 +105,15 @@ impl RedisWhitelist {
 
     async fn cached_or_fetch(&self, key: &str, ip: IpAddr, user: Option<&str>) -> (bool, bool) {
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
-        let stale = {
-            let cache = self.cache.lock();
-            match cache.get(key) {
-                Some((v, at)) if at.elapsed() < self.settings.cache_ttl => {
-                    self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return *v;
-                }
-                other => other.map(|(v, _)| *v),
+        if let Some((v, at)) = self.cache.lock().get(key) {
+            if at.elapsed() < self.settings.cache_ttl {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return *v;
             }
-        };
+        }
         if self.breaker_open() {
             self.stats.breaker_skips.fetch_add(1, Ordering::Relaxed);
-            return stale.unwrap_or_default();
+            return NOT_LISTED;
         }
         let cell = self
             .inflight
@@ -133,7 +133,8 @@ impl RedisWhitelist {
                 self.remember(key, v);
                 v
             }
-            None => stale.unwrap_or_default(),
+            // An expired answer is not trusted: a DEL may be exactly what we failed to see.
+            None => NOT_LISTED,
         }
     }
 

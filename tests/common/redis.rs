@@ -11,8 +11,12 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_on(super::free_port())
+    }
+
+    /// A fresh, empty redis-server on a given port (e.g. "restarted" after a kill).
+    pub fn start_on(port: u16) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = super::free_port();
         let child = Command::new("redis-server")
             .args([
                 "--port",
