@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::gray::consul_switches::ConsulSwitches;
 use crate::gray::{GrayEngine, GrayUpkeep};
 use crate::metrics::Metrics;
+use crate::pin::Pinner;
 use crate::proxy::{GraySplit, ProxySettings};
 use crate::upstream::checker::HealthChecker;
 use crate::upstream::consul::ConsulClient;
@@ -45,8 +46,9 @@ fn server_conf(config: &Config) -> ServerConf {
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
         upstream_keepalive_pool_size: config.upstream.keepalive_pool_size,
-        // Our own `tries` limits retries; this is only Pingora's global fail-safe.
-        max_retries: config.upstream.tries.max(1),
+        // Our own `tries` limits retries; this is only Pingora's global fail-safe, with room for
+        // the one asset-miss retry (a pinned asset's 404 tried on another build, pinning.rs).
+        max_retries: config.upstream.tries.max(1) + 1,
         ..ServerConf::default()
     }
 }
@@ -109,6 +111,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         access_log: config.server.access_log,
         debug_headers: config.server.debug_headers,
         metrics: metrics.clone(),
+        pin: Arc::new(pinner(config)),
     };
     let gray = Arc::new(GrayEngine::new(config.gray.clone())?);
     server.add_service(background_service(
@@ -160,6 +163,20 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         pools,
         consul,
     })
+}
+
+/// The pin keys; without a configured secret a random one, and a warning saying what that costs.
+fn pinner(config: &Config) -> Pinner {
+    let pinner = Pinner::new(config.pin.clone());
+    if pinner.settings.enabled && pinner.random_secret {
+        warn!(
+            "pin: no secret configured ([pin] secrets or {}): using a random one. Pins will not \
+             survive a restart and are not shared with other instances (each page load after a \
+             restart or on another instance re-pins)",
+            crate::pin::SECRETS_ENV
+        );
+    }
+    pinner
 }
 
 /// Pools in the order health checks prefer their settings for a shared address: base first.

@@ -1,9 +1,10 @@
 //! graysplit: a gray (canary) release proxy for web frontends, built on Pingora.
 //!
 //! Module map: [`config`] loads and validates `graysplit.toml`; [`upstream`] holds pools, their
-//! sources (pools file, Consul), selection and health; [`proxy`] is the request path; [`admin`] is
-//! the loopback admin listener; [`app`] assembles them into a Pingora server; [`demo`] is the
-//! embedded default; [`static_site`] serves frontend builds for the demo and tests.
+//! sources (pools file, Consul), selection and health; [`proxy`] is the request path; [`pin`]
+//! keeps a page and its assets on one build; [`admin`] is the loopback admin listener; [`app`]
+//! assembles them into a Pingora server; [`demo`] is the embedded default; [`static_site`] serves
+//! frontend builds for the demo and tests.
 
 pub mod admin;
 pub mod app;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod gray;
 pub mod metrics;
+pub mod pin;
 pub mod proxy;
 pub mod static_site;
 pub mod status_page;

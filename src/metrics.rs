@@ -16,6 +16,12 @@
 //! | `graysplit_health_flips_total` | counter | `to` (`up`, `down`) |
 //! | `graysplit_consul_poll_errors_total` | counter | `pool` |
 //! | `graysplit_consul_last_success_age_seconds` | gauge | `pool` (absent before the first success) |
+//! | `graysplit_pin_rejected_total` | counter | `why` (`malformed`, `version`, `forged`, `expired`, `stale`) |
+//! | `graysplit_pins_set_total` | counter | `event` (`new`, `changed`, `refreshed`, `repinned`) |
+//! | `graysplit_asset_misses_total` | counter | `action` (`retried`, `passed`, `blocked`) |
+//!
+//! `build_gone` (a pinned build with no usable server left) is a `reason` of
+//! `graysplit_requests_total`; every such request also counts as `repinned`.
 
 use std::time::{Duration, SystemTime};
 
@@ -67,6 +73,9 @@ pub struct Metrics {
     health_flips: IntCounterVec,
     consul_errors: IntCounterVec,
     consul_age: prometheus::GaugeVec,
+    pin_rejected: IntCounterVec,
+    pins_set: IntCounterVec,
+    asset_misses: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -131,6 +140,23 @@ impl Metrics {
             "Failed Consul polls, by pool.",
             &["pool"],
         )?;
+        let pin_rejected = counter(
+            "graysplit_pin_rejected_total",
+            "Pin cookies ignored, by why (malformed, version, forged, expired, stale = unknown pool).",
+            &["why"],
+        )?;
+        let pins_set = counter(
+            "graysplit_pins_set_total",
+            "Pin cookies sent: new (none before), changed (a page decided otherwise), refreshed, \
+             repinned (an asset's pinned build or pool had no usable server).",
+            &["event"],
+        )?;
+        let asset_misses = counter(
+            "graysplit_asset_misses_total",
+            "Pinned assets answered 404, or assets answered with HTML: retried once on another \
+             build, passed on (the 404 as is), or blocked (HTML replaced by a plain 404).",
+            &["action"],
+        )?;
         let upstream_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "graysplit_upstream_response_seconds",
@@ -168,7 +194,25 @@ impl Metrics {
             health_flips,
             consul_errors,
             consul_age,
+            pin_rejected,
+            pins_set,
+            asset_misses,
         })
+    }
+
+    /// A pin cookie that was ignored (`malformed`, `version`, `forged`, `expired`, `stale`).
+    pub fn pin_rejected(&self, why: &str) {
+        self.pin_rejected.with_label_values(&[why]).inc();
+    }
+
+    /// A `Set-Cookie` for the pin (`new`, `changed`, `refreshed`, `repinned`).
+    pub fn pin_set(&self, event: &str) {
+        self.pins_set.with_label_values(&[event]).inc();
+    }
+
+    /// An asset miss and what was done (`retried`, `passed`, `blocked`).
+    pub fn asset_miss(&self, action: &str) {
+        self.asset_misses.with_label_values(&[action]).inc();
     }
 
     /// One finished request (called once, from the proxy's `logging` phase).
@@ -278,6 +322,9 @@ mod tests {
         m.health_check(true, Some(Flip::Up));
         m.consul_state("base", 3, Some(SystemTime::now()));
         m.consul_state("base", 2, None);
+        m.pin_rejected("forged");
+        m.pin_set("new");
+        m.asset_miss("retried");
         let text = m.render(&pools);
         let samples = parse_prometheus_text(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let get = |name: &str| {
@@ -308,6 +355,9 @@ mod tests {
             get("graysplit_upstream_response_seconds_count{pool=\"base\"}"),
             1.0
         );
+        assert_eq!(get("graysplit_pin_rejected_total{why=\"forged\"}"), 1.0);
+        assert_eq!(get("graysplit_pins_set_total{event=\"new\"}"), 1.0);
+        assert_eq!(get("graysplit_asset_misses_total{action=\"retried\"}"), 1.0);
         assert!(
             !text.contains("graysplit_consul_last_success_age_seconds{"),
             "no age before a success: {text}"

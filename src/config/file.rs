@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub gray: super::gray::GraySection,
     /// Pass-through routes (`[[routes]]`).
     pub routes: Vec<super::gray::RouteSection>,
+    /// The pin cookie (`[pin]`).
+    pub pin: super::pin::PinSection,
 }
 
 #[derive(Debug, Deserialize)]

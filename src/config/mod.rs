@@ -9,6 +9,7 @@ pub mod duration;
 pub mod file;
 pub mod gray;
 pub mod health;
+pub mod pin;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -73,6 +74,8 @@ pub struct Config {
     pub health: health::HealthSettings,
     pub pools: BTreeMap<String, PoolConfig>,
     pub gray: crate::gray::GraySettings,
+    /// `[pin]`: the pin cookie (one page, one build).
+    pub pin: crate::pin::PinSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +123,10 @@ pub struct UpstreamConfig {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
     /// The secret itself, for the one place that must send it (the `X-Consul-Token` header).
     pub fn expose(&self) -> &str {
         &self.0
@@ -327,6 +334,7 @@ impl Validator<'_> {
             base_dir,
             !consul.addresses.is_empty(),
         );
+        let pin = self.pin(&raw.pin);
         Config {
             path: path.to_path_buf(),
             server,
@@ -335,6 +343,7 @@ impl Validator<'_> {
             health,
             pools,
             gray,
+            pin,
         }
     }
 

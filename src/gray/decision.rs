@@ -2,15 +2,21 @@
 //!
 //! Order (first match wins), each with the reason that shows up in logs, metrics and headers:
 //!
+//! 0. an asset with a valid pin → the pinned pool (`sticky`)
 //! 1. gray switch off → base (`switch_off`); all-traffic switch on → gray (`all_gray`)
 //! 2. explicit rules on header / cookie / query → their pool (`rule`)
-//! 3. an asset with a valid pin → the pinned pool (`sticky`)
 //! 4. client IP whitelisted (`ip`), inside a whitelisted CIDR (`cidr`), user whitelisted (`user`)
 //! 5. percentage rollout: stable bucket of user id, else client IP, below `percent` → gray (`percent`)
 //! 6. otherwise base (`default`)
 //!
-//! Steps 1–3 need no lookup, so [`before_lookup`] runs first and the request path asks Redis or
+//! Steps 0–2 need no lookup, so [`before_lookup`] runs first and the request path asks Redis or
 //! the whitelist file only when it returns `None` — a pinned asset never touches Redis.
+//!
+//! The pin comes first (design.md put it third): the pin *is* the decision taken for the page
+//! that loads this asset, switches and rules included. Letting a switch or rule re-route the
+//! page's later scripts would split one page load across builds — the "got '<'" error the pin
+//! exists to prevent. A switch change therefore takes effect at the next page load, like a
+//! whitelist change; a pinned pool that has no usable server still falls back to base.
 
 use std::sync::Arc;
 
@@ -65,28 +71,25 @@ pub struct Hits {
     pub user: bool,
 }
 
-/// Steps 1–3. `rule` is the target of the first matching rule; `pin` the pool of a valid pin
-/// cookie, considered for assets only (a page re-decides, so a whitelist change takes effect at
-/// the next page load and never in the middle of one).
+/// Steps 0–2. `rule` is the target of the first matching rule; `pin` the pool of a valid pin
+/// cookie, considered for assets only (a page re-decides, so a whitelist or switch change takes
+/// effect at the next page load and never in the middle of one).
 pub fn before_lookup(
     sw: &Switches,
     rule: Option<&Target>,
     is_asset: bool,
     pin: Option<&Target>,
 ) -> Option<Decision> {
+    if let (true, Some(t)) = (is_asset, pin) {
+        return Some(Decision::new(t.clone(), "sticky"));
+    }
     if !sw.enabled {
         return Some(Decision::new(Target::Base, "switch_off"));
     }
     if sw.all {
         return Some(Decision::new(Target::Gray, "all_gray"));
     }
-    if let Some(t) = rule {
-        return Some(Decision::new(t.clone(), "rule"));
-    }
-    match (is_asset, pin) {
-        (true, Some(t)) => Some(Decision::new(t.clone(), "sticky")),
-        _ => None,
-    }
+    rule.map(|t| Decision::new(t.clone(), "rule"))
 }
 
 /// Steps 4–6. `bucket` is [`bucket`] of the user id, else of the client IP.
@@ -135,26 +138,41 @@ mod tests {
     }
 
     #[test]
-    fn row1_switch_off_beats_everything() {
+    fn row0_a_pinned_asset_follows_its_pin_whatever_the_switches_and_rules() {
         let off = Switches {
             enabled: false,
             all: true,
             percent_bp: 10_000,
         };
-        let d = before_lookup(&off, Some(&Target::Gray), true, Some(&Target::Gray)).unwrap();
-        assert_eq!(d, Decision::new(Target::Base, "switch_off"));
+        let d = before_lookup(&off, Some(&Target::Base), true, Some(&Target::Gray)).unwrap();
+        assert_eq!(d, Decision::new(Target::Gray, "sticky"));
+        let d = before_lookup(&ON, Some(&named("base")), true, Some(&Target::Gray)).unwrap();
+        assert_eq!(d, Decision::new(Target::Gray, "sticky"));
     }
 
     #[test]
-    fn row1_all_traffic_switch_beats_rules_and_pins() {
+    fn row1_switch_off_beats_rules_for_pages_and_unpinned_assets() {
+        let off = Switches {
+            enabled: false,
+            all: true,
+            percent_bp: 10_000,
+        };
+        for (is_asset, pin) in [(false, Some(&Target::Gray)), (true, None)] {
+            let d = before_lookup(&off, Some(&Target::Gray), is_asset, pin).unwrap();
+            assert_eq!(d, Decision::new(Target::Base, "switch_off"));
+        }
+    }
+
+    #[test]
+    fn row1_all_traffic_switch_beats_rules_for_pages() {
         let all = Switches { all: true, ..ON };
-        let d = before_lookup(&all, Some(&Target::Base), true, Some(&Target::Base)).unwrap();
+        let d = before_lookup(&all, Some(&Target::Base), false, Some(&Target::Base)).unwrap();
         assert_eq!(d, Decision::new(Target::Gray, "all_gray"));
     }
 
     #[test]
-    fn row2_rule_beats_pin_and_whitelist() {
-        let d = before_lookup(&ON, Some(&named("base")), true, Some(&Target::Gray)).unwrap();
+    fn row2_rule_beats_whitelist_for_pages() {
+        let d = before_lookup(&ON, Some(&named("base")), false, Some(&Target::Gray)).unwrap();
         assert_eq!(d, Decision::new(named("base"), "rule"));
     }
 

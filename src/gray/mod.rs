@@ -257,6 +257,7 @@ pub const REASONS: &[&str] = &[
     "percent",
     "default",
     "gray_unavailable",
+    "build_gone",
     "route",
 ];
 

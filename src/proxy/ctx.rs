@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::gray::Client;
+use crate::pin::Pin;
 use crate::upstream::pool::Pool;
 use crate::upstream::server::Server;
 
@@ -32,6 +33,18 @@ pub struct RequestCtx {
     pub upstream_started: Option<Instant>,
     /// The current attempt already counted as a passive failure (so its end is no success).
     pub attempt_failed: bool,
+    /// A navigation (re-decides, may issue the pin) rather than an asset.
+    pub page: bool,
+    /// The request's valid pin cookie, if any.
+    pub pin: Option<Pin>,
+    /// The asset follows its pin: selection wants the pin's build.
+    pub sticky: bool,
+    /// A pass-through route chose the pool (never pinned, never falls back).
+    pub routed: bool,
+    /// The current attempt is the one asset-miss retry on another build.
+    pub miss_retry: bool,
+    /// What happened to the pin on this response (`new`, `changed`, …), for the access log.
+    pub pin_event: Option<&'static str>,
 }
 
 impl Default for RequestCtx {
@@ -47,6 +60,12 @@ impl Default for RequestCtx {
             server: None,
             upstream_started: None,
             attempt_failed: false,
+            page: false,
+            pin: None,
+            sticky: false,
+            routed: false,
+            miss_retry: false,
+            pin_event: None,
         }
     }
 }

@@ -2,14 +2,18 @@
 //!
 //! ```text
 //! early_request_filter   downstream keep-alive timeout
-//! request_filter         decide the pool once (stored in ctx; retries do not re-decide)
-//! upstream_peer          pick a server in that pool, skipping servers this request already tried;
-//!                        gray without a usable server → base (`gray_unavailable`), none → 502
+//! request_filter         page or asset, read the pin, decide the pool once (stored in ctx;
+//!                        retries do not re-decide); a pinned asset follows its pin (pinning.rs)
+//! upstream_peer          pick a server in that pool (of the pinned build for a sticky asset),
+//!                        skipping servers this request already tried; pinned build gone → any
+//!                        server of the pool (`build_gone`); gray without a usable server → base
+//!                        (`gray_unavailable`), none → 502
 //! fail_to_connect        passive failure + retry on another server (nothing was sent yet)
-//! upstream_response_filter  fail_on_status counts, retry_on_status retries GET/HEAD (passive.rs)
+//! upstream_response_filter  asset-miss guard (pinning.rs); fail_on_status counts,
+//!                        retry_on_status retries GET/HEAD (passive.rs)
 //! error_while_proxy      passive failure on fresh connections + Pingora's retry policy
 //! upstream_request_filter Host / X-Real-IP / X-Forwarded-For as the seed's nginx did
-//! response_filter        debug headers
+//! response_filter        pin cookie when issued, changed or refreshed; debug headers
 //! fail_to_proxy          short plain 502/504 page with Retry-After, never a hang
 //! logging                access line, passive success/failure bookkeeping
 //! ```
@@ -17,6 +21,7 @@
 pub mod ctx;
 pub mod forwarded;
 mod passive;
+mod pinning;
 pub mod select;
 
 use std::sync::Arc;
@@ -34,6 +39,7 @@ use crate::config::{HostHeader, UpstreamConfig, BASE_POOL};
 use crate::gray::decision::Target;
 use crate::gray::GrayEngine;
 use crate::metrics::{FailKind, Metrics};
+use crate::pin::Pinner;
 use crate::upstream::pool::Pool;
 use crate::upstream::Pools;
 use ctx::RequestCtx;
@@ -49,6 +55,7 @@ pub struct ProxySettings {
     pub access_log: bool,
     pub debug_headers: bool,
     pub metrics: Arc<Metrics>,
+    pub pin: Arc<Pinner>,
 }
 
 pub struct GraySplit {
@@ -115,6 +122,7 @@ impl ProxyHttp for GraySplit {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let pinned = self.read_pin(session, ctx);
         let req = session.req_header();
         let peer = ctx
             .peer_ip
@@ -122,14 +130,22 @@ impl ProxyHttp for GraySplit {
         let client = self.gray.client(peer, &req.headers);
         let decision = self
             .gray
-            .decide(&client, &req.headers, req.uri.query(), false, None)
+            .decide(
+                &client,
+                &req.headers,
+                req.uri.query(),
+                !ctx.page,
+                pinned.as_ref(),
+            )
             .await;
         let (decided, mut pool) = self.pool_of(&decision.target);
         if let Some(route) = self.gray.route(req.uri.path()) {
             pool = self.pools.get(route).cloned().unwrap_or(pool);
+            ctx.routed = true;
         }
         ctx.pool = Some(pool);
         ctx.reason = decision.reason;
+        ctx.sticky = decision.reason == "sticky";
         ctx.decided = Some(decided);
         ctx.client = Some(client);
         Ok(false)
@@ -141,11 +157,29 @@ impl ProxyHttp for GraySplit {
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let pool = ctx.pool.clone().unwrap_or_else(|| self.base.clone());
-        let pick = select::pick(&pool, &self.base, self.may_fall_back(ctx), &ctx.tried)
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), NO_SERVER))?;
+        let pick = if ctx.miss_retry {
+            // The pinned build said 404 (or sent HTML) and no other build is left: a plain 404.
+            self.pick_for_miss(ctx).ok_or_else(|| {
+                Error::explain(ErrorType::HTTPStatus(404), "asset missing in every build")
+            })?
+        } else {
+            let build = self.wanted_build(ctx);
+            select::pick(
+                &pool,
+                &self.base,
+                self.may_fall_back(ctx),
+                build,
+                &ctx.tried,
+            )
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), NO_SERVER))?
+        };
         if pick.fell_back {
-            ctx.pool = Some(pick.pool);
             ctx.reason = select::GRAY_UNAVAILABLE;
+        } else if pick.build_gone {
+            ctx.reason = select::BUILD_GONE;
+        }
+        if !Arc::ptr_eq(&pick.pool, &pool) {
+            ctx.pool = Some(pick.pool);
         }
         ctx.tried.push(pick.server.spec.addr);
         ctx.upstream_started
@@ -180,6 +214,7 @@ impl ProxyHttp for GraySplit {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         // Runs before anything is written to the client, so an error here can still retry.
+        self.check_asset_miss(session, ctx, upstream_response)?;
         self.check_status(session, ctx, upstream_response.status.as_u16())
     }
 
@@ -267,6 +302,9 @@ impl ProxyHttp for GraySplit {
         resp: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let Some(cookie) = self.pin_cookie(ctx, resp.status.as_u16()) {
+            resp.append_header(http::header::SET_COOKIE, cookie)?;
+        }
         if self.settings.debug_headers {
             if let Some(pool) = &ctx.pool {
                 resp.insert_header("x-graysplit-pool", pool.name.as_str())?;
@@ -317,14 +355,19 @@ impl ProxyHttp for GraySplit {
         let req = session.req_header();
         info!(
             target: "access",
-            "{} \"{} {}\" {} pool={} server={} reason={} tries={} {}ms",
+            "{} \"{} {}\" {} pool={} build={} server={} reason={} pin={} tries={} {}ms",
             ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into()),
             req.method,
             req.uri.path(),
             status,
             ctx.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("-"),
+            match (&ctx.pool, &ctx.server) {
+                (Some(p), Some(s)) => select::build_of(s, p),
+                _ => "-",
+            },
             ctx.server.as_ref().map(|s| s.spec.name.as_str()).unwrap_or("-"),
             ctx.reason,
+            ctx.pin_event.unwrap_or("-"),
             ctx.tried.len(),
             ctx.started.elapsed().as_millis()
         );

@@ -158,6 +158,13 @@ impl Pool {
             .or_else(|| self.pick(&snap, |s| s.spec.backup && usable(s)))
     }
 
+    /// Picks among drained (`weight 0`) servers that are otherwise up, round robin, for assets
+    /// pinned to a build that is being drained. `accept` filters (build, servers tried).
+    pub fn select_draining(&self, accept: impl Fn(&Server) -> bool) -> Option<Arc<Server>> {
+        let snap = self.snapshot.load();
+        self.pick(&snap, |s| s.draining() && accept(s))
+    }
+
     /// Would [`Pool::select`] find a server? (Does not move the round robin.)
     pub fn has_usable(&self, accept: impl Fn(&Server) -> bool) -> bool {
         self.snapshot
@@ -179,7 +186,8 @@ impl Pool {
             if !candidate(server) {
                 continue;
             }
-            let weight = i64::from(server.spec.weight);
+            // Drained servers (weight 0) are candidates only in `select_draining`: equal shares.
+            let weight = i64::from(server.spec.weight.max(1));
             scores.current[i] += weight;
             total += weight;
             if best.is_none_or(|b| scores.current[i] > scores.current[b]) {

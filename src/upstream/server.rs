@@ -64,4 +64,10 @@ impl Server {
     pub fn selectable(&self) -> bool {
         !self.spec.down && self.spec.weight > 0 && self.health.available(&self.spec)
     }
+
+    /// Drained (`weight 0`) but otherwise able to serve: takes no new page, but still serves
+    /// assets pinned to its build, so a page loaded just before the drain completes.
+    pub fn draining(&self) -> bool {
+        !self.spec.down && self.spec.weight == 0 && self.health.available(&self.spec)
+    }
 }

@@ -1,0 +1,370 @@
+//! Page or asset? Pure functions over the request head.
+//!
+//! - A **page** is a top-level navigation: `Sec-Fetch-Dest: document`. Every current browser
+//!   sends that header (Chrome 80+, Firefox 90+, Safari 16.4+). Frames (`iframe`, `frame`) are
+//!   *assets* on purpose: an iframe inside a loaded page must follow that page's pin, not move it
+//!   (moving it would send the parent page's next chunks to another build).
+//! - Without the header (old browsers, curl), a GET or HEAD is a page when its `Accept` prefers
+//!   `text/html`, or when its path does not match the asset patterns.
+//! - Everything else is an asset (scripts, styles, images, fonts, fetch/XHR, workers, POSTs).
+//!
+//! Asset patterns are gitignore-like globs, checked in order, the last match winning; `!`
+//! negates. A pattern without `/` is matched against the last path segment, one with `/` against
+//! the whole path. `*` matches within a segment, `**` across segments, `?` one character.
+//! Default: `["*.*", "!*.html"]` — a file extension other than `.html`.
+
+use http::{HeaderMap, Method};
+
+/// What a request is, for the pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A navigation: re-decides, and issues or moves the pin.
+    Page,
+    /// A subresource: follows a valid pin without any lookup.
+    Asset,
+}
+
+/// The default asset patterns.
+pub const DEFAULT_ASSET_PATTERNS: [&str; 2] = ["*.*", "!*.html"];
+
+/// Compiled asset patterns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetPatterns {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    negated: bool,
+    /// Contains '/': matched against the whole path.
+    anchored: bool,
+    glob: String,
+}
+
+impl Default for AssetPatterns {
+    fn default() -> Self {
+        Self::new(&DEFAULT_ASSET_PATTERNS).unwrap_or(Self { rules: Vec::new() })
+    }
+}
+
+impl AssetPatterns {
+    /// Compiles patterns; `Err` names the first bad one and the rule it breaks.
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, (usize, &'static str)> {
+        let mut rules = Vec::with_capacity(patterns.len());
+        for (i, p) in patterns.iter().enumerate() {
+            let p = p.as_ref();
+            let (negated, glob) = match p.strip_prefix('!') {
+                Some(g) => (true, g),
+                None => (false, p),
+            };
+            if let Some(rule) = check(glob) {
+                return Err((i, rule));
+            }
+            rules.push(Rule {
+                negated,
+                anchored: glob.contains('/'),
+                glob: glob.to_string(),
+            });
+        }
+        Ok(Self { rules })
+    }
+
+    /// Does `path` (the URL path, without the query) name an asset?
+    pub fn matches(&self, path: &str) -> bool {
+        let last = path.rsplit('/').next().unwrap_or(path);
+        let mut hit = false;
+        for r in &self.rules {
+            let subject = if r.anchored { path } else { last };
+            if glob(r.glob.as_bytes(), subject.as_bytes()) {
+                hit = !r.negated;
+            }
+        }
+        hit
+    }
+}
+
+/// The rule a pattern breaks, if any.
+fn check(glob: &str) -> Option<&'static str> {
+    if glob.is_empty() {
+        Some("must not be empty")
+    } else if glob
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        Some("must not contain spaces or control characters")
+    } else if glob.contains('/') && !glob.starts_with('/') {
+        Some("a pattern with '/' is matched against the whole path and must start with '/'")
+    } else {
+        None
+    }
+}
+
+/// Classifies one request.
+pub fn classify(method: &Method, headers: &HeaderMap, path: &str, assets: &AssetPatterns) -> Kind {
+    if let Some(dest) = headers.get("sec-fetch-dest") {
+        return if dest.as_bytes().eq_ignore_ascii_case(b"document") {
+            Kind::Page
+        } else {
+            Kind::Asset
+        };
+    }
+    let get = method == Method::GET || method == Method::HEAD;
+    if get && (accept_prefers_html(headers) || !assets.matches(path)) {
+        Kind::Page
+    } else {
+        Kind::Asset
+    }
+}
+
+/// `Accept` lists `text/html` (or XHTML) with a non-zero quality no lower than any other type.
+pub fn accept_prefers_html(headers: &HeaderMap) -> bool {
+    let mut html: f32 = 0.0;
+    let mut other: f32 = 0.0;
+    for value in headers.get_all(http::header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if media.eq_ignore_ascii_case("text/html")
+                || media.eq_ignore_ascii_case("application/xhtml+xml")
+            {
+                html = html.max(q);
+            } else if !media.is_empty() {
+                other = other.max(q);
+            }
+        }
+    }
+    html > 0.0 && html >= other
+}
+
+/// Destinations that can never use an HTML answer (`Sec-Fetch-Dest`).
+const NON_HTML_DESTS: [&str; 13] = [
+    "script",
+    "style",
+    "font",
+    "image",
+    "audio",
+    "video",
+    "track",
+    "manifest",
+    "worker",
+    "sharedworker",
+    "serviceworker",
+    "audioworklet",
+    "paintworklet",
+];
+
+/// Extensions whose answer is never HTML, for requests without `Sec-Fetch-Dest`.
+const NON_HTML_EXTENSIONS: [&str; 5] = ["js", "mjs", "css", "map", "wasm"];
+
+/// Would an HTML answer to this request be an SPA fallback's `index.html` served for a missing
+/// file (the "expected expression, got '<'" error)? True for script, style, image, font, worker…
+/// destinations, and, without `Sec-Fetch-Dest`, for `.js`/`.mjs`/`.css`/`.map`/`.wasm` paths.
+/// fetch/XHR (`empty`) and frames may legitimately get HTML, so they are never judged.
+pub fn html_is_never_right(headers: &HeaderMap, path: &str) -> bool {
+    if let Some(dest) = headers.get("sec-fetch-dest") {
+        let dest = dest.as_bytes();
+        return NON_HTML_DESTS
+            .iter()
+            .any(|d| d.as_bytes().eq_ignore_ascii_case(dest));
+    }
+    let last = path.rsplit('/').next().unwrap_or(path);
+    last.rsplit_once('.').is_some_and(|(_, ext)| {
+        NON_HTML_EXTENSIONS
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(ext))
+    })
+}
+
+/// Glob match: `*` within a segment, `**` across segments, `?` one non-'/' byte.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.first() {
+        None => s.is_empty(),
+        Some(b'*') if p.get(1) == Some(&b'*') => {
+            let rest = &p[2..];
+            (0..=s.len()).any(|i| glob(rest, &s[i..]))
+        }
+        Some(b'*') => {
+            let rest = &p[1..];
+            let seg = s.iter().position(|&b| b == b'/').unwrap_or(s.len());
+            (0..=seg).any(|i| glob(rest, &s[i..]))
+        }
+        Some(b'?') => s.first().is_some_and(|&b| b != b'/') && glob(&p[1..], &s[1..]),
+        Some(&c) => s.first() == Some(&c) && glob(&p[1..], &s[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    type Headers = &'static [(&'static str, &'static str)];
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    // Header sets as Chrome 156 / Firefox / Safari send them (Accept, Sec-Fetch-*).
+    const CHROME_NAV: &[(&str, &str)] = &[
+        ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"),
+        ("sec-fetch-dest", "document"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-site", "none"),
+    ];
+    const CHROME_SCRIPT: &[(&str, &str)] = &[
+        ("accept", "*/*"),
+        ("sec-fetch-dest", "script"),
+        ("sec-fetch-mode", "no-cors"),
+    ];
+    const CHROME_MODULE: &[(&str, &str)] = &[
+        ("accept", "*/*"),
+        ("sec-fetch-dest", "script"),
+        ("sec-fetch-mode", "cors"),
+    ];
+    const CHROME_STYLE: &[(&str, &str)] = &[
+        ("accept", "text/css,*/*;q=0.1"),
+        ("sec-fetch-dest", "style"),
+    ];
+    const CHROME_IMAGE: &[(&str, &str)] = &[
+        (
+            "accept",
+            "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8",
+        ),
+        ("sec-fetch-dest", "image"),
+    ];
+    const CHROME_FETCH: &[(&str, &str)] = &[("accept", "*/*"), ("sec-fetch-dest", "empty")];
+    const CHROME_IFRAME: &[(&str, &str)] = &[
+        ("accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
+        ("sec-fetch-dest", "iframe"),
+    ];
+    const FIREFOX_NAV: &[(&str, &str)] = &[
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
+        ("sec-fetch-dest", "document"),
+    ];
+    const FIREFOX_STYLE: &[(&str, &str)] = &[
+        ("accept", "text/css,*/*;q=0.1"),
+        ("sec-fetch-dest", "style"),
+    ];
+    const OLD_SAFARI_NAV: &[(&str, &str)] = &[(
+        "accept",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    )];
+    const OLD_SAFARI_SCRIPT: &[(&str, &str)] = &[("accept", "*/*")];
+    const OLD_SAFARI_IMAGE: &[(&str, &str)] = &[(
+        "accept",
+        "image/webp,image/avif,video/*;q=0.8,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5",
+    )];
+    const CURL: &[(&str, &str)] = &[("accept", "*/*")];
+
+    #[test]
+    fn classification_table() {
+        let a = AssetPatterns::default();
+        let get = Method::GET;
+        let cases: &[(&Method, Headers, &str, Kind)] = &[
+            (&get, CHROME_NAV, "/", Kind::Page),
+            (&get, CHROME_NAV, "/orders/42", Kind::Page),
+            // A navigation to a file is still a navigation.
+            (&get, CHROME_NAV, "/report.pdf", Kind::Page),
+            (&get, CHROME_SCRIPT, "/assets/app.5bdff181.js", Kind::Asset),
+            (&get, CHROME_MODULE, "/assets/chunk-x.js", Kind::Asset),
+            (&get, CHROME_STYLE, "/assets/app.643cbc8e.css", Kind::Asset),
+            (&get, CHROME_IMAGE, "/favicon.ico", Kind::Asset),
+            (&get, CHROME_FETCH, "/api/user", Kind::Asset),
+            (&get, CHROME_IFRAME, "/embed.html", Kind::Asset),
+            (&Method::POST, CHROME_NAV, "/login", Kind::Page),
+            (&get, FIREFOX_NAV, "/", Kind::Page),
+            (&get, FIREFOX_STYLE, "/assets/a.css", Kind::Asset),
+            (&get, OLD_SAFARI_NAV, "/", Kind::Page),
+            (&get, OLD_SAFARI_NAV, "/index.html", Kind::Page),
+            (&get, OLD_SAFARI_SCRIPT, "/assets/app.js", Kind::Asset),
+            (&get, OLD_SAFARI_IMAGE, "/img/logo.png", Kind::Asset),
+            // No Sec-Fetch-Dest, no HTML in Accept: the path decides.
+            (&get, CURL, "/", Kind::Page),
+            (&get, CURL, "/about", Kind::Page),
+            (&get, CURL, "/index.html", Kind::Page),
+            (&get, CURL, "/assets/app.js", Kind::Asset),
+            (&Method::HEAD, CURL, "/", Kind::Page),
+            (&Method::POST, CURL, "/api/orders", Kind::Asset),
+            (&get, &[], "/", Kind::Page),
+            (&get, &[], "/v1.2/", Kind::Page),
+        ];
+        for (method, h, path, want) in cases {
+            let got = classify(method, &headers(h), path, &a);
+            assert_eq!(got, *want, "{method} {path} {h:?}");
+        }
+    }
+
+    #[test]
+    fn accept_preference() {
+        assert!(accept_prefers_html(&headers(OLD_SAFARI_NAV)));
+        assert!(accept_prefers_html(&headers(&[("accept", "TEXT/HTML")])));
+        assert!(!accept_prefers_html(&headers(CURL)));
+        assert!(!accept_prefers_html(&headers(&[])));
+        assert!(!accept_prefers_html(&headers(&[(
+            "accept",
+            "application/json, text/html;q=0.5"
+        )])));
+        assert!(!accept_prefers_html(&headers(&[(
+            "accept",
+            "text/html;q=0"
+        )])));
+    }
+
+    #[test]
+    fn patterns_last_match_wins_and_anchor_on_slash() {
+        let a =
+            AssetPatterns::new(&["*.*", "!*.html", "/static/**", "!/static/app/*.json"]).unwrap();
+        assert!(a.matches("/assets/app.js"));
+        assert!(!a.matches("/index.html"));
+        assert!(
+            !a.matches("/v1.2/users"),
+            "a dot in a folder is no extension"
+        );
+        assert!(a.matches("/static/fonts/x"));
+        assert!(!a.matches("/static/app/config.json"));
+        assert!(
+            a.matches("/static/app/deep/config.json"),
+            "* stays in a segment"
+        );
+        let q = AssetPatterns::new(&["app.??.js"]).unwrap();
+        assert!(q.matches("/x/app.12.js") && !q.matches("/x/app.123.js"));
+        assert!(!AssetPatterns::new::<&str>(&[]).unwrap().matches("/a.js"));
+    }
+
+    #[test]
+    fn bad_patterns_are_named() {
+        assert_eq!(
+            AssetPatterns::new(&["*.js", ""]).unwrap_err(),
+            (1, "must not be empty")
+        );
+        assert!(AssetPatterns::new(&["!"]).is_err());
+        assert!(AssetPatterns::new(&["a b"]).is_err());
+        assert!(AssetPatterns::new(&["assets/*.js"]).is_err());
+    }
+
+    #[test]
+    fn html_is_wrong_for_scripts_styles_and_images_only() {
+        assert!(html_is_never_right(&headers(CHROME_SCRIPT), "/a"));
+        assert!(html_is_never_right(&headers(CHROME_STYLE), "/a.css"));
+        assert!(html_is_never_right(&headers(CHROME_IMAGE), "/favicon.ico"));
+        assert!(!html_is_never_right(&headers(CHROME_FETCH), "/x.js"));
+        assert!(!html_is_never_right(&headers(CHROME_IFRAME), "/x.js"));
+        assert!(!html_is_never_right(&headers(CHROME_NAV), "/x.js"));
+        assert!(html_is_never_right(&headers(CURL), "/assets/app.JS"));
+        assert!(html_is_never_right(&headers(CURL), "/assets/app.css"));
+        assert!(!html_is_never_right(&headers(CURL), "/partial.php"));
+        assert!(!html_is_never_right(&headers(CURL), "/"));
+    }
+}
