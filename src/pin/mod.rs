@@ -278,6 +278,44 @@ mod tests {
         assert!(!pinner(None).random_secret);
     }
 
+    /// Per-request cost of the pin: `cargo test --release --lib pin::tests::cost -- --ignored
+    /// --nocapture`. Prints nanoseconds per call for classify, read (verify) and set_cookie.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn cost() {
+        use crate::pin::classify::{classify, AssetPatterns};
+        const N: u32 = 200_000;
+        let p = pinner(None);
+        let value = p.set_cookie("gray", "gray-2026.11.2", 1_000);
+        let value = value.split(';').next().unwrap();
+        let h = with_cookie(&format!("_ga=GA1.1.123; theme=dark; {value}; lang=en"));
+        let none = with_cookie("_ga=GA1.1.123; theme=dark; lang=en");
+        let assets = AssetPatterns::default();
+        let time = |what: &str, f: &mut dyn FnMut()| {
+            let start = std::time::Instant::now();
+            for _ in 0..N {
+                f();
+            }
+            let ns = start.elapsed().as_nanos() / u128::from(N);
+            println!("{what}: {ns} ns per call");
+        };
+        let mut sink = 0usize;
+        time("classify", &mut || {
+            let k = classify(&http::Method::GET, &h, "/assets/app.5bdff181.js", &assets);
+            sink += k as usize;
+        });
+        time("read, no pin cookie", &mut || {
+            sink += matches!(p.read(&none, 1_010), Read::Absent) as usize;
+        });
+        time("read + verify a valid pin", &mut || {
+            sink += matches!(p.read(&h, 1_010), Read::Valid(_)) as usize;
+        });
+        time("set_cookie (sign)", &mut || {
+            sink += p.set_cookie("gray", "gray-2026.11.2", 1_000).len();
+        });
+        assert!(sink > 0);
+    }
+
     #[test]
     fn refresh_slides_with_max_age_else_at_half_life() {
         let pin = |issued| Pin {
