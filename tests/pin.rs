@@ -445,6 +445,11 @@ async fn a_pinned_asset_miss_is_tried_once_on_the_other_build_and_never_becomes_
     let a = get(&g, "/orders/42", "document", None).await;
     assert_eq!((a.status, a.build), (200, Some(BASE_BUILD)));
 
+    let log = g.log();
+    assert!(
+        !log.contains("Fail to proxy"),
+        "deliberate 404s are not logged as proxy failures:\n{log}"
+    );
     let m = metrics(&g).await;
     for (action, n) in [("retried", 2.0), ("passed", 1.0), ("blocked", 1.0)] {
         assert_eq!(

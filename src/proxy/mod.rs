@@ -32,7 +32,7 @@ use bytes::Bytes;
 use log::info;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::{HostHeader, UpstreamConfig, BASE_POOL};
@@ -314,6 +314,21 @@ impl ProxyHttp for GraySplit {
         Ok(())
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &Error) -> bool {
+        // The asset-miss guard's deliberate 404s are no proxy failures; metrics count them.
+        is_asset_miss(e)
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Self::CTX,
+        e: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        is_asset_miss(e)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -372,6 +387,11 @@ impl ProxyHttp for GraySplit {
             ctx.started.elapsed().as_millis()
         );
     }
+}
+
+/// The asset-miss guard's errors (pinning.rs) are the only 404s graysplit raises itself.
+fn is_asset_miss(e: &Error) -> bool {
+    matches!(e.etype(), ErrorType::HTTPStatus(404))
 }
 
 /// The status sent to the client for a failed request (0: the client is gone, send nothing).
