@@ -255,6 +255,45 @@ async fn forged_expired_malformed_and_other_version_pins_are_ignored_and_counted
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decide_describes_a_pinned_asset() {
+    let (base, gray) = (Upstream::start("base"), Upstream::start("gray"));
+    let files = [
+        ("base.conf", line(&base, BASE_BUILD, "")),
+        ("gray.conf", line(&gray, GRAY_BUILD, "")),
+    ];
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let g = Graysplit::start(&toml("", "[gray]\nenabled = false"), &refs);
+    let decide = |q: &'static str| {
+        let url = g.admin_url(&format!("/decide?ip=10.1.2.3{q}"));
+        async move {
+            let v: serde_json::Value = client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (
+                v["decision"]["pool"].as_str().unwrap_or("").to_string(),
+                v["decision"]["reason"].as_str().unwrap_or("").to_string(),
+            )
+        }
+    };
+    assert_eq!(decide("").await, ("base".into(), "switch_off".into()));
+    assert_eq!(
+        decide("&asset=1&pin=gray").await,
+        ("gray".into(), "sticky".into()),
+        "a pinned asset follows its pin even with the switch off"
+    );
+    assert_eq!(
+        decide("&pin=gray").await,
+        ("base".into(), "switch_off".into()),
+        "a page re-decides"
+    );
+}
+
 /// The whitelist entry flips between every request of a 200-page loop; every page's assets still
 /// come from the page's build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

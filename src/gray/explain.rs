@@ -1,6 +1,7 @@
 //! `GET /decide?ip=..&user=..&path=..&header=name:value&cookie=name=value&query=a=1`: the gray
 //! decision for a described request, with its reason, as JSON — a dry run that sends no traffic.
 //! `ip` is taken as the client address (as if already resolved from trusted proxies).
+//! `asset=1&pin=<pool>` describes an asset whose (valid) pin cookie names that pool.
 
 use std::net::IpAddr;
 
@@ -45,8 +46,20 @@ pub async fn decide(engine: &GrayEngine, query: Option<&str>) -> Result<Value, S
     let path = query_param(q, "path").unwrap_or_else(|| "/".into());
     let request_query = query_param(q, "query");
     let client = Client { ip, user };
+    let is_asset = query_param(q, "asset").is_some_and(|v| v == "1" || v == "true");
+    let pin = query_param(q, "pin").map(|p| match p.as_str() {
+        "base" => Target::Base,
+        "gray" => Target::Gray,
+        other => Target::Named(other.into()),
+    });
     let d = engine
-        .decide(&client, &headers, request_query.as_deref(), false, None)
+        .decide(
+            &client,
+            &headers,
+            request_query.as_deref(),
+            is_asset,
+            pin.as_ref(),
+        )
         .await;
     let decided = match &d.target {
         Target::Base => "base".to_string(),
@@ -68,6 +81,8 @@ pub async fn decide(engine: &GrayEngine, query: Option<&str>) -> Result<Value, S
         "route": routed,
         "upstream_headers": sent,
         "switches": {"enabled": sw.enabled, "all": sw.all, "percent": f64::from(sw.percent_bp) / 100.0},
-        "note": "pages are decided like this; an asset with a valid pin cookie follows its pin",
+        "asset": is_asset,
+        "note": "pages are decided like this; an asset with a valid pin cookie follows its pin \
+                 (describe one with asset=1&pin=<pool>)",
     }))
 }
