@@ -355,24 +355,10 @@ async fn decide_explains_without_sending_traffic() {
         &[("whitelist.txt", "10.0.0.0/8\n")],
     );
     let c = client();
-    let v: serde_json::Value = c
-        .get(s.g.admin_url("/decide?ip=10.1.2.3&path=/index.html"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = common::get_json(s.g.admin_url("/decide?ip=10.1.2.3&path=/index.html")).await;
     assert_eq!(v["decision"]["pool"], "gray");
     assert_eq!(v["decision"]["reason"], "cidr");
-    let v: serde_json::Value = c
-        .get(s.g.admin_url("/decide?ip=192.0.2.1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = common::get_json(s.g.admin_url("/decide?ip=192.0.2.1")).await;
     assert_eq!(v["decision"]["reason"], "default");
     let r = c
         .get(s.g.admin_url("/decide?ip=banana"))

@@ -267,14 +267,7 @@ async fn decide_describes_a_pinned_asset() {
     let decide = |q: &'static str| {
         let url = g.admin_url(&format!("/decide?ip=10.1.2.3{q}"));
         async move {
-            let v: serde_json::Value = client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = common::get_json(url).await;
             (
                 v["decision"]["pool"].as_str().unwrap_or("").to_string(),
                 v["decision"]["reason"].as_str().unwrap_or("").to_string(),

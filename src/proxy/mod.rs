@@ -60,6 +60,9 @@ pub struct ProxySettings {
 
 pub struct GraySplit {
     base: Arc<Pool>,
+    /// Pool names as shared strings, made once: the request path only clones them.
+    base_name: Arc<str>,
+    gray_name: Arc<str>,
     pools: Arc<Pools>,
     gray: Arc<GrayEngine>,
     settings: ProxySettings,
@@ -70,6 +73,8 @@ impl GraySplit {
     pub fn new(pools: Arc<Pools>, gray: Arc<GrayEngine>, settings: ProxySettings) -> Option<Self> {
         Some(Self {
             base: pools.get(BASE_POOL)?.clone(),
+            base_name: Arc::from(BASE_POOL),
+            gray_name: Arc::from("gray"),
             pools,
             gray,
             settings,
@@ -79,8 +84,8 @@ impl GraySplit {
     /// The pool a decision names; a pool that is not configured means base.
     fn pool_of(&self, target: &Target) -> (Arc<str>, Arc<Pool>) {
         let name: Arc<str> = match target {
-            Target::Base => Arc::from(BASE_POOL),
-            Target::Gray => Arc::from("gray"),
+            Target::Base => self.base_name.clone(),
+            Target::Gray => self.gray_name.clone(),
             Target::Named(n) => n.clone(),
         };
         let pool = self

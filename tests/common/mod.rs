@@ -77,3 +77,15 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("reqwest client")
 }
+
+/// GETs `url` and parses the body as JSON (admin endpoints such as `/decide`, `/status`).
+pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("a JSON body")
+}
