@@ -13,6 +13,7 @@ use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::gray::consul_switches::ConsulSwitches;
 use crate::gray::{GrayEngine, GrayUpkeep};
+use crate::lifecycle::{DrainWatch, Draining};
 use crate::metrics::Metrics;
 use crate::pin::Pinner;
 use crate::proxy::{GraySplit, ProxySettings};
@@ -105,6 +106,14 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     ));
     let consul = consul_source(config, &pools, &mut server)?;
 
+    // Set the moment SIGQUIT or SIGTERM arrives: answers then close their connection cleanly.
+    let draining = Draining::default();
+    let phases = server.watch_execution_phase();
+    server.add_service(background_service(
+        "drain watch",
+        DrainWatch::new(phases, draining.clone()),
+    ));
+
     let settings = ProxySettings {
         upstream: config.upstream.clone(),
         keepalive_timeout: config.server.keepalive_timeout,
@@ -112,6 +121,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         debug_headers: config.server.debug_headers,
         metrics: metrics.clone(),
         pin: Arc::new(pinner(config)),
+        draining,
     };
     let gray = Arc::new(GrayEngine::new(config.gray.clone())?);
     server.add_service(background_service(

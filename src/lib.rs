@@ -11,6 +11,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod gray;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pin;
 pub mod proxy;

@@ -56,6 +56,8 @@ pub struct ProxySettings {
     pub debug_headers: bool,
     pub metrics: Arc<Metrics>,
     pub pin: Arc<Pinner>,
+    /// Set on SIGQUIT/SIGTERM: answers carry `Connection: close` (crate::lifecycle).
+    pub draining: crate::lifecycle::Draining,
 }
 
 pub struct GraySplit {
@@ -303,10 +305,15 @@ impl ProxyHttp for GraySplit {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // Handing over or stopping: close this connection cleanly after the answer, so the client
+        // never reuses one this process is about to drop (crate::lifecycle).
+        if self.settings.draining.is_set() || session.is_process_shutting_down() {
+            session.set_keepalive(None);
+        }
         if let Some(cookie) = self.pin_cookie(ctx, resp.status.as_u16()) {
             resp.append_header(http::header::SET_COOKIE, cookie)?;
         }
