@@ -203,7 +203,9 @@ async fn redis_paused_or_killed_never_fails_or_stalls_and_recovers_without_resta
     let toml = redis_toml_with(
         &redis,
         "",
-        "cache_ttl = \"200ms\"\nbreaker_open = \"500ms\"",
+        // stale_if_error off: this test is about the answer once nothing may be trusted
+        // (tests/chaos.rs covers the default, which keeps the last answer through the outage).
+        "cache_ttl = \"200ms\"\nbreaker_open = \"500ms\"\nstale_if_error = \"0s\"",
     );
     let s = setup(&toml, &[]);
     redis.cli(&["set", "192.168.93.182", "192.168.93.182"]);

@@ -64,6 +64,7 @@ pub struct RedisSection {
     pub user_prefix: String,
     pub timeout: String,
     pub cache_ttl: String,
+    pub stale_if_error: String,
     pub cache_size: usize,
     pub breaker_failures: u32,
     pub breaker_open: String,
@@ -79,6 +80,7 @@ impl Default for RedisSection {
             user_prefix: String::new(),
             timeout: "20ms".into(),
             cache_ttl: "1s".into(),
+            stale_if_error: "10m".into(),
             cache_size: 100_000,
             breaker_failures: 5,
             breaker_open: "5s".into(),
@@ -298,6 +300,7 @@ impl Validator<'_> {
         }
         let timeout = self.positive_duration("gray.redis.timeout", &r.timeout);
         let cache_ttl = self.duration("gray.redis.cache_ttl", &r.cache_ttl);
+        let stale_if_error = self.duration("gray.redis.stale_if_error", &r.stale_if_error);
         let breaker_open = self.positive_duration("gray.redis.breaker_open", &r.breaker_open);
         if r.cache_size == 0 {
             self.error("gray.redis.cache_size", r.cache_size, "must be at least 1");
@@ -317,6 +320,7 @@ impl Validator<'_> {
             user_prefix: (!r.user_prefix.is_empty()).then(|| r.user_prefix.clone()),
             timeout,
             cache_ttl,
+            stale_if_error,
             cache_size: r.cache_size.max(1),
             breaker_failures: r.breaker_failures.max(1),
             breaker_open,
@@ -355,7 +359,7 @@ mod tests {
     fn bad_gray_values_are_all_reported() {
         let e = errors(
             "[gray]\npercent = 120\ntrusted_proxies = [\"10.0.0.0/33\"]\nclient_ip_header = \"via\"\n\
-             [gray.redis]\nurl = \"redis://127.0.0.1/\"\ntimeout = \"20\"\n\
+             [gray.redis]\nurl = \"redis://127.0.0.1/\"\ntimeout = \"20\"\nstale_if_error = \"ten\"\n\
              [[gray.rules]]\nheader = \"a\"\ncookie = \"b\"\nequals = \"1\"\npool = \"gray\"\n\
              [[gray.rules]]\nquery = \"q\"\npool = \"nope\"\npresent = true\n\
              [gray.headers.grey]\na = \"1\"\n\
@@ -366,6 +370,7 @@ mod tests {
             "gray.trusted_proxies[0] = \"10.0.0.0/33\": must be a CIDR",
             "gray.client_ip_header = \"via\"",
             "gray.redis.timeout = \"20\": must be a number with a unit",
+            "gray.redis.stale_if_error = \"ten\": must be a number with a unit",
             "gray.rules[0]: needs exactly one of header, cookie or query",
             "gray.rules[1].pool = \"nope\": no such pool (configured: base, gray)",
             "gray.headers.grey = \"grey\": no such pool",

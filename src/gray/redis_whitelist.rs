@@ -9,9 +9,12 @@
 //! Per request at most one round trip (a pipeline), bounded by `timeout`. Answers are cached for
 //! `cache_ttl` (hits and misses alike, bounded size); concurrent misses for one key share one
 //! call; after `breaker_failures` failures in a row Redis is left alone for `breaker_open`.
-//! Whatever goes wrong, the answer is a cached one still within `cache_ttl`, else "not
-//! whitelisted": never an error, never a stall. The seed's Lua answered "failed to connect" as
-//! the page instead.
+//! Whatever goes wrong (error, timeout, breaker open), the answer is the last one Redis gave for
+//! that client if it is younger than `stale_if_error` (so a whitelisted user stays on gray
+//! through a Redis outage), else "not whitelisted": never an error, never a stall. The price: a
+//! `DEL` made while Redis cannot be read applies once it can (`stale_if_error = "0s"` trusts
+//! nothing older than `cache_ttl`). The seed's Lua answered "failed to connect" as the page
+//! instead.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,6 +41,8 @@ pub struct RedisSettings {
     pub user_prefix: Option<String>,
     pub timeout: Duration,
     pub cache_ttl: Duration,
+    /// On failure, the last answer for a key is used while younger than this.
+    pub stale_if_error: Duration,
     pub cache_size: usize,
     pub breaker_failures: u32,
     pub breaker_open: Duration,
@@ -50,6 +55,8 @@ pub struct RedisStats {
     pub cache_hits: AtomicU64,
     pub errors: AtomicU64,
     pub breaker_skips: AtomicU64,
+    /// Failures answered with a stale answer (`stale_if_error`).
+    pub stale_answers: AtomicU64,
 }
 
 /// (ip whitelisted, user whitelisted) as Redis answered.
@@ -64,7 +71,7 @@ pub struct RedisWhitelist {
     client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
     cidrs: ArcSwap<Vec<IpNet>>,
-    cache: Mutex<HashMap<String, (Answer, Instant)>>,
+    cache: Mutex<AnswerCache>,
     inflight: Mutex<HashMap<String, Cell>>,
     failures: AtomicU32,
     open_until: Mutex<Option<Instant>>,
@@ -75,12 +82,17 @@ impl RedisWhitelist {
     /// Checks the URL; connecting happens in the background ([`RedisWhitelist::maintain`]).
     pub fn new(settings: RedisSettings) -> Result<Self, String> {
         let client = redis::Client::open(settings.url.as_str()).map_err(|e| e.to_string())?;
+        let cache = AnswerCache::new(
+            settings.cache_ttl,
+            settings.stale_if_error,
+            settings.cache_size,
+        );
         Ok(Self {
             settings,
             client,
             conn: ArcSwapOption::empty(),
             cidrs: ArcSwap::from_pointee(Vec::new()),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(cache),
             inflight: Mutex::new(HashMap::new()),
             failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
@@ -105,15 +117,13 @@ impl RedisWhitelist {
 
     async fn cached_or_fetch(&self, key: &str, ip: IpAddr, user: Option<&str>) -> (bool, bool) {
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
-        if let Some((v, at)) = self.cache.lock().get(key) {
-            if at.elapsed() < self.settings.cache_ttl {
-                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return *v;
-            }
+        if let Some(v) = self.cache.lock().fresh(key, Instant::now()) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return v;
         }
         if self.breaker_open() {
             self.stats.breaker_skips.fetch_add(1, Ordering::Relaxed);
-            return NOT_LISTED;
+            return self.on_failure(key);
         }
         let cell = self
             .inflight
@@ -130,24 +140,22 @@ impl RedisWhitelist {
         }
         match fetched {
             Some(v) => {
-                self.remember(key, v);
+                self.cache.lock().insert(key, v, Instant::now());
                 v
             }
-            // An expired answer is not trusted: a DEL may be exactly what we failed to see.
-            None => NOT_LISTED,
+            None => self.on_failure(key),
         }
     }
 
-    fn remember(&self, key: &str, v: (bool, bool)) {
-        let mut cache = self.cache.lock();
-        if cache.len() >= self.settings.cache_size {
-            let ttl = self.settings.cache_ttl;
-            cache.retain(|_, (_, at)| at.elapsed() < ttl);
-            if cache.len() >= self.settings.cache_size {
-                cache.clear();
+    /// Redis could not answer: the last answer while younger than `stale_if_error`, else base.
+    fn on_failure(&self, key: &str) -> Answer {
+        match self.cache.lock().stale(key, Instant::now()) {
+            Some(v) => {
+                self.stats.stale_answers.fetch_add(1, Ordering::Relaxed);
+                v
             }
+            None => NOT_LISTED,
         }
-        cache.insert(key.to_string(), (v, Instant::now()));
     }
 
     fn breaker_open(&self) -> bool {
@@ -306,11 +314,156 @@ impl RedisWhitelist {
     }
 }
 
+/// Redis's answers by key, with their age: fresh within `ttl`, usable on failure within `stale`.
+/// Bounded: when full, entries too old to be used at all go first, then entries past `ttl`, then
+/// everything.
+#[derive(Debug)]
+struct AnswerCache {
+    map: HashMap<String, (Answer, Instant)>,
+    ttl: Duration,
+    stale: Duration,
+    size: usize,
+}
+
+impl AnswerCache {
+    fn new(ttl: Duration, stale: Duration, size: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            ttl,
+            stale,
+            size: size.max(1),
+        }
+    }
+
+    fn younger_than(&self, key: &str, now: Instant, limit: Duration) -> Option<Answer> {
+        let (v, at) = self.map.get(key)?;
+        (now.saturating_duration_since(*at) < limit).then_some(*v)
+    }
+
+    /// An answer to use without asking Redis.
+    fn fresh(&self, key: &str, now: Instant) -> Option<Answer> {
+        self.younger_than(key, now, self.ttl)
+    }
+
+    /// An answer to use when Redis cannot answer (never shorter-lived than a fresh one).
+    fn stale(&self, key: &str, now: Instant) -> Option<Answer> {
+        self.younger_than(key, now, self.stale.max(self.ttl))
+    }
+
+    fn insert(&mut self, key: &str, v: Answer, now: Instant) {
+        if self.map.len() >= self.size && !self.map.contains_key(key) {
+            for keep in [self.stale.max(self.ttl), self.ttl] {
+                self.map
+                    .retain(|_, (_, at)| now.saturating_duration_since(*at) < keep);
+                if self.map.len() < self.size {
+                    break;
+                }
+            }
+            if self.map.len() >= self.size {
+                self.map.clear();
+            }
+        }
+        self.map.insert(key.to_string(), (v, now));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 fn as_text(v: &redis::Value) -> Option<String> {
     match v {
         redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         redis::Value::SimpleString(s) => Some(s.clone()),
         redis::Value::Int(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+    const GRAY: Answer = (true, false);
+
+    fn cache() -> AnswerCache {
+        // cache_ttl 1 s, stale_if_error 10 min, room for 3 keys.
+        AnswerCache::new(S, 600 * S, 3)
+    }
+
+    #[test]
+    fn fresh_within_ttl_stale_within_stale_if_error_then_nothing() {
+        let mut c = cache();
+        let t0 = Instant::now();
+        c.insert("1.2.3.4", GRAY, t0);
+        assert_eq!(c.fresh("1.2.3.4", t0 + S / 2), Some(GRAY));
+        assert_eq!(
+            c.fresh("1.2.3.4", t0 + S),
+            None,
+            "past cache_ttl: ask Redis"
+        );
+        assert_eq!(
+            c.stale("1.2.3.4", t0 + 5 * S),
+            Some(GRAY),
+            "Redis away: last answer"
+        );
+        assert_eq!(c.stale("1.2.3.4", t0 + 599 * S), Some(GRAY));
+        assert_eq!(c.stale("1.2.3.4", t0 + 600 * S), None, "too old to trust");
+        assert_eq!(
+            c.stale("5.6.7.8", t0),
+            None,
+            "never asked: nothing to fall back on"
+        );
+    }
+
+    #[test]
+    fn a_new_answer_replaces_the_old_one_and_restarts_its_age() {
+        let mut c = cache();
+        let t0 = Instant::now();
+        c.insert("k", GRAY, t0);
+        c.insert("k", NOT_LISTED, t0 + 500 * S);
+        assert_eq!(c.stale("k", t0 + 700 * S), Some(NOT_LISTED));
+    }
+
+    #[test]
+    fn zero_stale_if_error_trusts_only_fresh_answers() {
+        let mut c = AnswerCache::new(S, Duration::ZERO, 10);
+        let t0 = Instant::now();
+        c.insert("k", GRAY, t0);
+        assert_eq!(
+            c.stale("k", t0 + S / 2),
+            Some(GRAY),
+            "a fresh answer stands"
+        );
+        assert_eq!(c.stale("k", t0 + 2 * S), None);
+    }
+
+    #[test]
+    fn a_full_cache_drops_unusable_then_expired_entries_first() {
+        let mut c = cache();
+        let t0 = Instant::now();
+        c.insert("old", GRAY, t0);
+        c.insert("stale", GRAY, t0 + 500 * S);
+        c.insert("fresh", GRAY, t0 + 700 * S);
+        // Full: "old" (past stale_if_error) goes, "stale" is still worth keeping.
+        c.insert("new", GRAY, t0 + 700 * S);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.stale("old", t0 + 700 * S), None);
+        assert_eq!(c.stale("stale", t0 + 700 * S), Some(GRAY));
+        // Full of usable entries: those past cache_ttl go before fresh ones.
+        c.insert("newer", GRAY, t0 + 700 * S);
+        assert_eq!(c.stale("stale", t0 + 700 * S), None);
+        assert_eq!(c.fresh("fresh", t0 + 700 * S), Some(GRAY));
+        assert_eq!(c.fresh("newer", t0 + 700 * S), Some(GRAY));
+        // Full of fresh entries: cleared rather than grown.
+        c.insert("x", GRAY, t0 + 700 * S);
+        assert!(c.len() <= 3);
+        assert_eq!(c.fresh("x", t0 + 700 * S), Some(GRAY));
+        // Updating a present key never evicts.
+        let before = c.len();
+        c.insert("x", NOT_LISTED, t0 + 700 * S);
+        assert_eq!(c.len(), before);
     }
 }

@@ -11,7 +11,8 @@
 //! fail_to_connect        passive failure + retry on another server (nothing was sent yet)
 //! upstream_response_filter  asset-miss guard (pinning.rs); fail_on_status counts,
 //!                        retry_on_status retries GET/HEAD (passive.rs)
-//! error_while_proxy      passive failure on fresh connections + Pingora's retry policy
+//! error_while_proxy      passive failure (once per attempt) + retry of GET/HEAD on another server
+//!                        while nothing reached the client (passive.rs, nginx's proxy_next_upstream)
 //! upstream_request_filter Host / X-Real-IP / X-Forwarded-For as the seed's nginx did
 //! response_filter        pin cookie when issued, changed or refreshed; debug headers
 //! fail_to_proxy          short plain 502/504 page with Retry-After, never a hang
@@ -234,19 +235,33 @@ impl ProxyHttp for GraySplit {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let upstream_fault = e.esource() == &ErrorSource::Upstream;
-        if upstream_fault && !client_reused && !ctx.attempt_failed {
+        let req = session.req_header();
+        let method = &req.method;
+        let status_error = matches!(e.etype(), ErrorType::HTTPStatus(_));
+        // Pingora's default, resolved: a failure on a reused connection may be retried.
+        e.retry.decide_reuse(client_reused);
+        let facts = passive::ErrorFacts {
+            upstream: e.esource() == &ErrorSource::Upstream && !status_error,
+            timeout: matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            ),
+            reused: client_reused,
+            counted: ctx.attempt_failed,
+            safe_method: method == http::Method::GET || method == http::Method::HEAD,
+            idempotent: method.is_idempotent(),
+            body_buffered: !session.as_ref().retry_buffer_truncated(),
+            header_sent: session.response_written().is_some(),
+            decided: e.retry(),
+            status_error,
+            may_retry: self.may_retry(ctx),
+        };
+        let verdict = passive::after_error(&facts);
+        if verdict.count {
             self.count_failure(ctx, FailKind::Error, e.etype().as_str());
         }
-        // Pingora's default policy: idempotent methods whose body is still buffered, and (unless
-        // a phase decided) only after a failure on a reused connection.
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
-        if e.retry() && !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+        e.set_retry(verdict.retry);
+        if verdict.retry && !status_error {
             self.count_retry(ctx, FailKind::Error);
         }
         e

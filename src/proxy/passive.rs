@@ -2,11 +2,16 @@
 //!
 //! - A connect error or connect timeout counts against the server (nginx `max_fails`) and is
 //!   retried on another server: nothing reached the upstream, so every method is safe.
-//! - An error after connecting (reset, read timeout) on a fresh connection counts against the
-//!   server; Pingora's own policy decides the retry (idempotent methods whose body is still in
-//!   its retry buffer, on reused connections only). A failure on a *reused* keep-alive connection
-//!   is usually the server closing an idle connection at the wrong moment, not a sick server, so
-//!   it is not counted.
+//! - An error after connecting — a reset, a connection closed before the answer, a read timeout
+//!   on a server that accepts but never answers — is nginx's `proxy_next_upstream error
+//!   timeout`: a GET or HEAD (no body to lose) is retried on another server as long as nothing
+//!   was sent to the client yet (the response header has not gone out) and `tries` allows. Once
+//!   the header went out, the client keeps what it got (the connection is closed). Other
+//!   idempotent methods keep Pingora's policy (retried only after a failure on a reused
+//!   connection); other methods are never retried after connecting.
+//! - Such an error counts against the server once per attempt. A timeout always counts; a reset
+//!   or close on a *reused* keep-alive connection does not — that is usually the server closing
+//!   an idle connection at the wrong moment, not a sick server.
 //! - An upstream status in `upstream.fail_on_status` counts against the server. A GET or HEAD
 //!   whose status is in `upstream.retry_on_status` is retried on another server when one is left
 //!   and `tries` allows — before anything was sent to the client (the decision is taken on the
@@ -89,5 +94,209 @@ impl GraySplit {
         ctx.pool
             .as_ref()
             .map_or_else(|| self.base.name.clone(), |p| p.name.clone())
+    }
+}
+
+/// What `error_while_proxy` knows about one failed attempt (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ErrorFacts {
+    /// The upstream failed (reset, closed, timed out, bad answer), not the client or a phase.
+    pub upstream: bool,
+    /// A read or write timeout.
+    pub timeout: bool,
+    /// The attempt used a pooled keep-alive connection.
+    pub reused: bool,
+    /// This attempt already counted as a failure of its server (e.g. `fail_on_status`).
+    pub counted: bool,
+    /// GET or HEAD.
+    pub safe_method: bool,
+    /// Idempotent by HTTP's definition (GET, HEAD, PUT, DELETE, OPTIONS, TRACE).
+    pub idempotent: bool,
+    /// The request body is still whole in the retry buffer (or there is none).
+    pub body_buffered: bool,
+    /// The response header already went to the client.
+    pub header_sent: bool,
+    /// Retry as already decided: by a phase (status errors), else Pingora's reused-only default.
+    pub decided: bool,
+    /// A phase raised the error on an upstream status (`retry_on_status`, asset-miss guard).
+    pub status_error: bool,
+    /// `tries` left and an untried server left.
+    pub may_retry: bool,
+}
+
+/// What to do about one failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Verdict {
+    /// Count it against the server (toward `max_fails`).
+    pub count: bool,
+    /// Try another server.
+    pub retry: bool,
+}
+
+/// The policy of the module docs, as a pure function.
+pub(super) fn after_error(f: &ErrorFacts) -> Verdict {
+    let count = f.upstream && !f.counted && (f.timeout || !f.reused);
+    let retry = if !f.idempotent || !f.body_buffered || f.header_sent {
+        false
+    } else if f.status_error {
+        f.decided
+    } else if f.upstream && f.safe_method {
+        f.may_retry
+    } else {
+        f.decided && f.may_retry
+    };
+    Verdict { count, retry }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GET whose fresh connection was reset before any answer, with a server left.
+    fn reset_get() -> ErrorFacts {
+        ErrorFacts {
+            upstream: true,
+            safe_method: true,
+            idempotent: true,
+            body_buffered: true,
+            may_retry: true,
+            ..ErrorFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_reset_or_timeout_before_the_header_retries_a_get_and_counts_once() {
+        let v = after_error(&reset_get());
+        assert_eq!(
+            v,
+            Verdict {
+                count: true,
+                retry: true
+            }
+        );
+        let timeout = ErrorFacts {
+            timeout: true,
+            ..reset_get()
+        };
+        assert_eq!(after_error(&timeout), v);
+        // Already counted in this attempt (e.g. a fail_on_status answer): not twice.
+        let counted = ErrorFacts {
+            counted: true,
+            ..reset_get()
+        };
+        assert!(!after_error(&counted).count && after_error(&counted).retry);
+    }
+
+    #[test]
+    fn nothing_is_retried_once_the_header_reached_the_client() {
+        let f = ErrorFacts {
+            header_sent: true,
+            decided: true,
+            ..reset_get()
+        };
+        assert_eq!(
+            after_error(&f),
+            Verdict {
+                count: true,
+                retry: false
+            }
+        );
+    }
+
+    #[test]
+    fn no_retry_without_tries_or_servers_left() {
+        let f = ErrorFacts {
+            may_retry: false,
+            ..reset_get()
+        };
+        assert!(!after_error(&f).retry);
+        assert!(after_error(&f).count);
+    }
+
+    #[test]
+    fn a_post_is_never_retried_after_connecting_a_put_only_on_a_reused_connection() {
+        let post = ErrorFacts {
+            safe_method: false,
+            idempotent: false,
+            decided: true,
+            reused: true,
+            ..reset_get()
+        };
+        assert!(!after_error(&post).retry);
+        let put_fresh = ErrorFacts {
+            safe_method: false,
+            ..reset_get()
+        };
+        assert!(!after_error(&put_fresh).retry);
+        let put_reused = ErrorFacts {
+            decided: true,
+            reused: true,
+            ..put_fresh
+        };
+        assert!(after_error(&put_reused).retry);
+        let truncated = ErrorFacts {
+            body_buffered: false,
+            ..put_reused
+        };
+        assert!(!after_error(&truncated).retry);
+    }
+
+    #[test]
+    fn a_reset_on_a_reused_connection_retries_but_does_not_count_a_timeout_does() {
+        let reused = ErrorFacts {
+            reused: true,
+            ..reset_get()
+        };
+        assert_eq!(
+            after_error(&reused),
+            Verdict {
+                count: false,
+                retry: true
+            }
+        );
+        let timeout = ErrorFacts {
+            timeout: true,
+            ..reused
+        };
+        assert!(after_error(&timeout).count);
+    }
+
+    #[test]
+    fn a_phases_status_decision_stands_and_is_not_a_transport_failure() {
+        let status = ErrorFacts {
+            upstream: false,
+            status_error: true,
+            decided: true,
+            may_retry: false,
+            ..reset_get()
+        };
+        assert_eq!(
+            after_error(&status),
+            Verdict {
+                count: false,
+                retry: true
+            }
+        );
+        let declined = ErrorFacts {
+            decided: false,
+            may_retry: true,
+            ..status
+        };
+        assert!(!after_error(&declined).retry);
+    }
+
+    #[test]
+    fn a_client_side_error_is_neither_counted_nor_retried() {
+        let f = ErrorFacts {
+            upstream: false,
+            ..reset_get()
+        };
+        assert_eq!(
+            after_error(&f),
+            Verdict {
+                count: false,
+                retry: false
+            }
+        );
     }
 }
