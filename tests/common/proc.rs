@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_graysplit");
@@ -20,6 +20,27 @@ pub struct Graysplit {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     child: Child,
+    /// The current process's log file in `dir` (changes with [`Graysplit::adopt`]).
+    log_name: String,
+}
+
+/// `[server]` keys a test may change; everything else is fixed by [`Graysplit::start`].
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub grace_period: &'static str,
+    pub graceful_shutdown_timeout: &'static str,
+    /// Extra environment for the process (e.g. `GRAYSPLIT_PIN_SECRETS`).
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            grace_period: "1s",
+            graceful_shutdown_timeout: "1s",
+            env: Vec::new(),
+        }
+    }
 }
 
 impl Graysplit {
@@ -27,11 +48,16 @@ impl Graysplit {
     /// (pool sections etc.), writes `files` next to it, starts the binary and waits until both
     /// listeners answer.
     pub fn start(extra_toml: &str, files: &[(&str, &str)]) -> Graysplit {
+        Self::start_with(&ServerOptions::default(), extra_toml, files)
+    }
+
+    /// As [`Graysplit::start`], with other `[server]` timings or environment.
+    pub fn start_with(opts: &ServerOptions, extra_toml: &str, files: &[(&str, &str)]) -> Graysplit {
         // A port from `free_port` can be taken by a parallel test before we bind it; then the
         // process exits at once and we try again with fresh ports.
         let mut last_log = String::new();
         for _ in 0..3 {
-            match Self::try_start(extra_toml, files) {
+            match Self::try_start(opts, extra_toml, files) {
                 Ok(g) => return g,
                 Err(log) => last_log = log,
             }
@@ -39,7 +65,11 @@ impl Graysplit {
         panic!("graysplit did not start:\n{last_log}");
     }
 
-    fn try_start(extra_toml: &str, files: &[(&str, &str)]) -> Result<Graysplit, String> {
+    fn try_start(
+        opts: &ServerOptions,
+        extra_toml: &str,
+        files: &[(&str, &str)],
+    ) -> Result<Graysplit, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).expect("write file");
@@ -50,7 +80,8 @@ impl Graysplit {
         let conf = format!(
             "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\
              pid_file = \"{d}/graysplit.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
-             grace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n\n{extra_toml}\n"
+             grace_period = \"{}\"\ngraceful_shutdown_timeout = \"{}\"\n\n{extra_toml}\n",
+            opts.grace_period, opts.graceful_shutdown_timeout
         );
         std::fs::write(dir.path().join("graysplit.toml"), conf).expect("write config");
         let log = std::fs::File::create(dir.path().join("graysplit.log")).expect("log file");
@@ -58,6 +89,7 @@ impl Graysplit {
             .arg("-c")
             .arg(dir.path().join("graysplit.toml"))
             .env("RUST_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -67,6 +99,7 @@ impl Graysplit {
             admin,
             dir,
             child,
+            log_name: "graysplit.log".to_string(),
         };
         match g.wait_ready() {
             Ok(()) => Ok(g),
@@ -111,8 +144,140 @@ impl Graysplit {
         write_atomically(&self.path(name), text);
     }
 
+    /// The log (stderr) of the current process.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.path("graysplit.log")).unwrap_or_default()
+        std::fs::read_to_string(self.path(&self.log_name)).unwrap_or_default()
+    }
+
+    /// The current process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, `SIGQUIT`, ...) to the current process.
+    pub fn signal(&self, signal: libc::c_int) {
+        send_signal(self.child.id(), signal);
+    }
+
+    /// Waits up to `timeout` for the current process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_exit(&mut self.child, timeout)
+    }
+
+    /// Starts a second graysplit on the same config with `-u` (Pingora's graceful upgrade) and
+    /// `opts.env`, logging to `<name>.log` in the same dir. Pingora's order: the new process
+    /// builds everything, then listens on `upgrade_sock` and waits (about 5 s) for the old
+    /// process's sockets; returns once that socket exists, so the caller can send `SIGQUIT` to
+    /// the old process (which then sends its listening sockets over).
+    pub fn spawn_upgrade(&self, name: &str, opts: &ServerOptions) -> Proc {
+        let log_name = format!("{name}.log");
+        let log = std::fs::File::create(self.path(&log_name)).expect("log file");
+        let child = Command::new(BIN)
+            .arg("-u")
+            .arg("-c")
+            .arg(self.path("graysplit.toml"))
+            .env("RUST_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn graysplit -u");
+        let mut p = Proc {
+            child,
+            log: self.path(&log_name),
+            log_name,
+        };
+        let sock = self.path("upgrade.sock");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !sock.exists() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!(
+                    "graysplit -u exited ({status}) before waiting for sockets:\n{}",
+                    p.log()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "graysplit -u made no upgrade socket in 15s:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        p
+    }
+
+    /// Makes `next` (from [`Graysplit::spawn_upgrade`]) the current process and returns the
+    /// previous one, still killed when dropped.
+    pub fn adopt(&mut self, mut next: Proc) -> Proc {
+        std::mem::swap(&mut self.child, &mut next.child);
+        std::mem::swap(&mut self.log_name, &mut next.log_name);
+        next.log = self.path(&next.log_name);
+        next
+    }
+}
+
+/// A graysplit process beside the one a [`Graysplit`] owns (upgrade), killed on drop.
+pub struct Proc {
+    child: Child,
+    log_name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        send_signal(self.child.id(), signal);
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_exit(&mut self.child, timeout)
+    }
+
+    /// `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kill(pid, signal)` for one process we started (never a process group).
+pub fn send_signal(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    assert!(pid > 0, "refusing to signal pid {pid}");
+    // SAFETY: kill(2) has no memory-safety preconditions; pid is a single positive pid.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Polls `child` until it exits or `timeout` passes (`None`).
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
