@@ -201,9 +201,11 @@ fn fail_timeout(name: &str, v: &serde_json::Value) -> Result<Duration, String> {
         format!("{name:?}: {v} is not a duration (seconds as a number, or a string like \"10s\")")
     };
     // Anything longer than a day is a typo, and it keeps Duration arithmetic far from overflow.
+    // Whole milliseconds: the dump file (upsync's format) has no finer unit, so a finer value
+    // would come back different after a restart.
     let secs = |f: f64| {
         (f.is_finite() && (0.0..=86_400.0).contains(&f))
-            .then(|| Duration::from_secs_f64(f))
+            .then(|| Duration::from_millis((f * 1000.0).round() as u64))
             .ok_or_else(err)
     };
     match v {
@@ -642,5 +644,425 @@ mod tests {
         assert_eq!(list[0].weight, 2);
         assert_eq!(list[1].addr, "[::1]:3".parse().unwrap());
         assert!(list[1].backup);
+    }
+}
+
+/// Property tests (`cargo test --lib fuzz_`; `PROPTEST_CASES=1000000` for the long run).
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use crate::upstream::upsync_format::{parse_line_with, render_line};
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const PREFIX: &str = "upstreams/base/";
+    const FIELDS: [&str; 6] = [
+        "weight",
+        "max_fails",
+        "fail_timeout",
+        "down",
+        "backup",
+        "build",
+    ];
+
+    fn b64(raw: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    }
+
+    fn no_dns(_: &str, _: u16) -> Result<SocketAddr, String> {
+        Err("no DNS in tests".into())
+    }
+
+    /// The field name in a random mix of upper and lower case (upsync's cJSON ignores case).
+    fn cased(name: &str, mask: u64) -> String {
+        name.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if mask >> (i % 64) & 1 == 1 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect()
+    }
+
+    fn number_text(n: u32, style: u8) -> String {
+        match style % 4 {
+            0 => n.to_string(),
+            1 => format!("\"{n}\""),
+            2 => format!("\" {n} \""),
+            _ => format!("{n}.0"),
+        }
+    }
+
+    fn flag_text(b: bool, style: u8) -> String {
+        let s = match (style % 4, b) {
+            (0, _) => b.to_string(),
+            (1, true) => "1".into(),
+            (1, false) => "0".into(),
+            (2, _) => format!("\"{b}\""),
+            (_, true) => "\" 1\"".into(),
+            (_, false) => "\"0 \"".into(),
+        };
+        s
+    }
+
+    /// `fail_timeout` in every spelling upsync values use, exact to the millisecond.
+    fn fail_timeout_text(ms: u64, style: u8) -> String {
+        let secs = ms / 1000;
+        match style % 6 {
+            _ if ms % 1000 != 0 => match style % 3 {
+                0 => format!("\"{ms}ms\""),
+                // Binary fractions are exact in f64: 0.5 s, 0.25 s, 0.125 s...
+                1 if ms % 125 == 0 => format!("{}", ms as f64 / 1000.0),
+                _ => format!("\"{ms}ms\""),
+            },
+            0 => secs.to_string(),
+            1 => format!("\"{secs}\""),
+            2 => format!("\"{secs}s\""),
+            3 if secs % 60 == 0 => format!("\"{}m\"", secs / 60),
+            4 => format!("{secs}.0"),
+            _ => format!("\"{ms}ms\""),
+        }
+    }
+
+    fn settings() -> impl Strategy<Value = Settings> {
+        (
+            any::<u32>(),
+            any::<u32>(),
+            prop_oneof![
+                (0u64..=86_400).prop_map(|s| s * 1000),
+                0u64..=86_400_000,
+                (0u64..=691_200).prop_map(|e| e * 125),
+            ],
+            any::<bool>(),
+            any::<bool>(),
+            proptest::option::of("[a-zA-Z0-9._-]{1,64}"),
+        )
+            .prop_map(|(weight, max_fails, ms, down, backup, build)| Settings {
+                weight,
+                max_fails,
+                fail_timeout: Duration::from_millis(ms),
+                down,
+                backup,
+                build,
+            })
+    }
+
+    /// A JSON value an operator could PUT for `s`: any field order and case, numbers as numbers
+    /// or strings, defaults left out or null, notes for other tools in extra fields.
+    fn written() -> impl Strategy<Value = (String, Settings)> {
+        (
+            settings(),
+            any::<[u8; 6]>(),
+            any::<[u64; 6]>(),
+            any::<[bool; 6]>(),
+            proptest::collection::vec(("[a-z_]{1,10}", json_value()), 0..3),
+            prop::sample::select(vec!["", " ", "\n", "\t "]),
+        )
+            .prop_flat_map(|(s, styles, masks, omit, extra, ws)| {
+                let d = Settings::default();
+                let mut fields: Vec<String> = Vec::new();
+                let mut field = |i: usize, value: Option<String>| {
+                    let name = cased(FIELDS[i], masks[i]);
+                    match value {
+                        Some(v) => fields.push(format!("\"{name}\":{ws}{v}")),
+                        None if styles[i] & 16 != 0 => fields.push(format!("\"{name}\":null")),
+                        None => {}
+                    }
+                };
+                let keep = |i: usize, same: bool| !(same && omit[i]);
+                field(
+                    0,
+                    keep(0, s.weight == d.weight).then(|| number_text(s.weight, styles[0])),
+                );
+                field(
+                    1,
+                    keep(1, s.max_fails == d.max_fails)
+                        .then(|| number_text(s.max_fails, styles[1])),
+                );
+                let ms = s.fail_timeout.as_millis() as u64;
+                field(
+                    2,
+                    keep(2, s.fail_timeout == d.fail_timeout)
+                        .then(|| fail_timeout_text(ms, styles[2])),
+                );
+                field(3, keep(3, !s.down).then(|| flag_text(s.down, styles[3])));
+                field(
+                    4,
+                    keep(4, !s.backup).then(|| flag_text(s.backup, styles[4])),
+                );
+                let build = match &s.build {
+                    Some(b) => Some(format!("\"{b}\"")),
+                    None if omit[5] => None,
+                    None => Some("\"\"".into()),
+                };
+                field(5, build);
+                for (name, v) in extra {
+                    if !FIELDS.contains(&name.as_str()) {
+                        fields.push(format!("{}:{v}", Value::String(name)));
+                    }
+                }
+                Just(fields)
+                    .prop_shuffle()
+                    .prop_map(move |f| (format!("{ws}{{{ws}{}{ws}}}{ws}", f.join(",")), s.clone()))
+            })
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            (0.0f64..90_000.0).prop_map(|f| json!(f)),
+            (0.0f64..90_000.0).prop_map(|f| Value::String(f.to_string())),
+            ".{0,12}".prop_map(Value::String),
+            "[0-9 .a-z-]{0,10}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z]{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An object whose known fields (in any case) hold values of any type.
+    fn object_of_anything() -> impl Strategy<Value = Value> {
+        proptest::collection::vec(
+            (
+                prop::sample::select(FIELDS.to_vec()),
+                any::<u64>(),
+                json_value(),
+            ),
+            0..6,
+        )
+        .prop_map(|fields| {
+            Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(name, mask, v)| (cased(name, mask), v))
+                    .collect(),
+            )
+        })
+    }
+
+    /// What an accepted value must satisfy whatever it was: sane ranges, and the server it
+    /// makes survives the dump file (written in upsync's format, read back at the next start).
+    fn check_accepted(s: &Settings) -> Result<(), TestCaseError> {
+        prop_assert!(s.fail_timeout <= Duration::from_secs(86_400));
+        if let Some(b) = &s.build {
+            prop_assert!(valid_build(b), "{:?}", b);
+        }
+        let spec = s.spec("10.0.0.1:80".parse().unwrap(), "10.0.0.1:80");
+        let line = render_line(&spec);
+        prop_assert_eq!(
+            parse_line_with(&line, &no_dns),
+            Ok(Some(spec)),
+            "dump line {:?}",
+            line
+        );
+        Ok(())
+    }
+
+    fn server_name() -> impl Strategy<Value = (String, SocketAddr)> {
+        prop_oneof![
+            (any::<Ipv4Addr>(), any::<u16>())
+                .prop_map(|(ip, p)| (format!("{ip}:{p}"), SocketAddr::from((ip, p)))),
+            (any::<Ipv6Addr>(), any::<u16>())
+                .prop_map(|(ip, p)| (format!("[{ip}]:{p}"), SocketAddr::from((ip, p)))),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_written_value_parses_to_its_fields((text, want) in written()) {
+            prop_assert_eq!(parse_value(text.as_bytes()), Ok(want.clone()), "{}", text);
+            check_accepted(&want)?;
+        }
+
+        #[test]
+        fn fuzz_value_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..256)) {
+            match parse_value(&raw) {
+                Ok(s) => check_accepted(&s)?,
+                Err(e) => {
+                    prop_assert!(!e.is_empty());
+                    if std::str::from_utf8(&raw).is_err() {
+                        prop_assert!(e.contains("UTF-8"), "{}", e);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_value_fields_of_any_type_never_panic(v in object_of_anything()) {
+            let text = v.to_string();
+            match parse_value(text.as_bytes()) {
+                Ok(s) => check_accepted(&s)?,
+                // Every refusal names the field at fault (or the duplicate).
+                Err(e) => prop_assert!(
+                    FIELDS.iter().any(|f| e.to_ascii_lowercase().contains(f)),
+                    "{} -> {}", text, e
+                ),
+            }
+        }
+
+        #[test]
+        fn fuzz_base64_values_decode_exactly(raw in proptest::collection::vec(any::<u8>(), 0..128),
+                                             pad in "[ \t\r\n]{0,2}") {
+            prop_assert_eq!(decode_value(Some(&format!("{pad}{}{pad}", b64(&raw)))), Ok(raw));
+        }
+
+        #[test]
+        fn fuzz_base64_garbage_never_panics(text in ".{0,64}") {
+            if let Err(e) = decode_value(Some(&text)) {
+                prop_assert!(e.contains("base64"));
+            }
+        }
+
+        #[test]
+        fn fuzz_body_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            match parse_body(&body) {
+                Ok(entries) => {
+                    // What was accepted is exactly what the body says.
+                    let again: Vec<Value> = entries
+                        .iter()
+                        .map(|e| json!({"Key": e.key, "Value": e.value}))
+                        .collect();
+                    let text = serde_json::to_vec(&again).unwrap();
+                    prop_assert_eq!(parse_body(&text), Ok(entries));
+                }
+                Err(e) => {
+                    prop_assert!(e.contains("not a JSON array of KV entries"), "{}", e);
+                    prop_assert!(!e.chars().any(|c| c.is_control()), "{:?}", e);
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_consul_answers_round_trip(
+            entries in proptest::collection::vec(
+                (".{0,40}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+                 any::<u64>(), any::<u32>()),
+                0..8,
+            ),
+        ) {
+            // Consul's full entry shape, with the fields we ignore.
+            let body: Vec<Value> = entries
+                .iter()
+                .map(|(key, value, index, flags)| json!({
+                    "LockIndex": 0, "Key": key, "Flags": flags,
+                    "Value": value.as_deref().map(b64),
+                    "CreateIndex": index, "ModifyIndex": index,
+                }))
+                .collect();
+            let parsed = parse_body(&serde_json::to_vec(&body).unwrap()).unwrap();
+            prop_assert_eq!(parsed.len(), entries.len());
+            for (got, (key, value, _, _)) in parsed.iter().zip(&entries) {
+                prop_assert_eq!(&got.key, key);
+                prop_assert_eq!(decode_value(got.value.as_deref()), Ok(value.clone().unwrap_or_default()));
+            }
+        }
+
+        #[test]
+        fn fuzz_key_kind_is_exactly_the_rule(
+            prefix in "[a-z/._-]{0,12}/",
+            key in prop_oneof![".{0,30}", "[a-z/._-]{0,12}/[^/]{0,20}", "[a-z/._-]{0,12}/.{0,20}"],
+            own in any::<bool>(),
+        ) {
+            let key = if own { format!("{prefix}{key}") } else { key };
+            let kind = key_kind(&prefix, &key);
+            match key.strip_prefix(prefix.as_str()) {
+                None => prop_assert!(matches!(kind, KeyKind::Skip(ref r) if r.contains("outside"))),
+                Some("") => prop_assert_eq!(kind, KeyKind::Folder),
+                Some(rest) if rest.contains('/') => {
+                    prop_assert!(matches!(kind, KeyKind::Skip(ref r) if r.contains("sub-folder")))
+                }
+                Some(rest) => prop_assert_eq!(kind, KeyKind::Server(rest)),
+            }
+        }
+
+        #[test]
+        fn fuzz_generated_pool_becomes_exactly_its_servers(
+            servers in proptest::collection::vec((server_name(), written()), 0..8),
+            folder in any::<bool>(),
+            junk in proptest::collection::vec(("[a-z]{1,5}/[a-z0-9:.]{1,10}", ".{0,10}"), 0..3),
+        ) {
+            let mut entries = Vec::new();
+            if folder {
+                entries.push(KvEntry { key: PREFIX.into(), value: None });
+            }
+            for ((name, _), (text, _)) in &servers {
+                entries.push(KvEntry { key: format!("{PREFIX}{name}"), value: Some(b64(text.as_bytes())) });
+            }
+            for (sub, v) in &junk {
+                entries.push(KvEntry { key: format!("{PREFIX}{sub}"), value: Some(b64(v.as_bytes())) });
+            }
+            let (kv, skipped) = super::servers(PREFIX, &entries);
+            prop_assert_eq!(skipped.len(), junk.len());
+            let resolved: HashMap<String, Result<SocketAddr, String>> =
+                servers.iter().map(|((n, a), _)| (n.clone(), Ok(*a))).collect();
+            let (specs, problems) = super::specs(&kv, &resolved, &[]);
+            // The model: in order, the first key of each address wins.
+            let mut want: Vec<ServerSpec> = Vec::new();
+            for ((name, addr), (_, s)) in &servers {
+                if !want.iter().any(|w| w.addr == *addr) {
+                    want.push(s.spec(*addr, name));
+                }
+            }
+            prop_assert_eq!(problems.len(), servers.len() - want.len());
+            prop_assert_eq!(specs, want);
+        }
+
+        #[test]
+        fn fuzz_pool_of_arbitrary_entries_never_panics(
+            entries in proptest::collection::vec(
+                (prop_oneof![".{0,30}", "upstreams/base/.{0,24}"],
+                 proptest::option::of(prop_oneof![
+                     proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| b64(&b)),
+                     ".{0,20}",
+                 ])),
+                0..10,
+            ),
+            previous in proptest::collection::vec(server_name(), 0..3),
+        ) {
+            let entries: Vec<KvEntry> =
+                entries.into_iter().map(|(key, value)| KvEntry { key, value }).collect();
+            let (kv, skipped) = super::servers(PREFIX, &entries);
+            let previous: Vec<ServerSpec> =
+                previous.into_iter().map(|(n, a)| ServerSpec::new(a, n)).collect();
+            let resolved: HashMap<String, Result<SocketAddr, String>> = kv
+                .iter()
+                .map(|s| {
+                    let r = upsync_format_resolve(&s.name);
+                    (s.name.clone(), r)
+                })
+                .collect();
+            let (specs, problems) = super::specs(&kv, &resolved, &previous);
+            prop_assert!(specs.len() <= kv.len());
+            // Each entry is the folder, a server key or a reported skip.
+            let folders = entries.iter().filter(|e| e.key == PREFIX).count();
+            prop_assert_eq!(kv.len() + skipped.len() + folders, entries.len());
+            let mut addrs = HashSet::new();
+            for s in &specs {
+                prop_assert!(addrs.insert(s.addr));
+                prop_assert!(kv.iter().any(|k| k.name == s.name));
+                check_accepted(&Settings {
+                    weight: s.weight, max_fails: s.max_fails, fail_timeout: s.fail_timeout,
+                    down: s.down, backup: s.backup, build: s.build.clone(),
+                })?;
+            }
+            // Every server key that did not make it says why.
+            prop_assert!(specs.len() + problems.len() >= kv.len());
+        }
+    }
+
+    fn upsync_format_resolve(name: &str) -> Result<SocketAddr, String> {
+        crate::upstream::upsync_format::resolve_with(name, &no_dns)
     }
 }

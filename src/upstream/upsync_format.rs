@@ -43,11 +43,19 @@ pub struct Parsed {
 
 /// Parses a whole file. Bad lines are reported and skipped; the rest is kept.
 pub fn parse(text: &str) -> Parsed {
+    parse_with(text, &dns_lookup)
+}
+
+/// Looks up a host name (`host`, `port`) that is not an address literal.
+pub type Lookup<'a> = &'a dyn Fn(&str, u16) -> Result<SocketAddr, String>;
+
+/// [`parse`] with the host-name lookup given (tests use one without DNS).
+pub fn parse_with(text: &str, lookup: Lookup<'_>) -> Parsed {
     let mut out = Parsed::default();
     let mut seen = HashSet::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
-        let result = match parse_line(line) {
+        let result = match parse_line_with(line, lookup) {
             Ok(Some(spec)) if !seen.insert(spec.addr) => {
                 Err(format!("duplicate server {}", spec.name))
             }
@@ -71,6 +79,11 @@ pub fn parse(text: &str) -> Parsed {
 
 /// Parses one line: `Ok(None)` for blank lines and comments.
 pub fn parse_line(line: &str) -> Result<Option<ServerSpec>, String> {
+    parse_line_with(line, &dns_lookup)
+}
+
+/// [`parse_line`] with the host-name lookup given.
+pub fn parse_line_with(line: &str, lookup: Lookup<'_>) -> Result<Option<ServerSpec>, String> {
     let (body, comment) = match line.find('#') {
         Some(i) => (line[..i].trim(), Some(line[i + 1..].trim())),
         None => (line.trim(), None),
@@ -86,7 +99,7 @@ pub fn parse_line(line: &str) -> Result<Option<ServerSpec>, String> {
         return Err("expected `server <address> [weight=N] [max_fails=N] [fail_timeout=T] [down] [backup];`".into());
     }
     let name = words.next().ok_or("missing server address")?;
-    let addr = resolve(name)?;
+    let addr = resolve_with(name, lookup)?;
     let mut spec = ServerSpec::new(addr, name);
     for word in words {
         apply_param(&mut spec, word)?;
@@ -143,18 +156,37 @@ pub fn valid_build(b: &str) -> bool {
 
 /// `ip:port`, `[v6]:port` or `host:port` (resolved now, first address wins).
 pub fn resolve(name: &str) -> Result<SocketAddr, String> {
+    resolve_with(name, &dns_lookup)
+}
+
+/// [`resolve`] with the host-name lookup given. Only a name made of host-name characters
+/// (letters, digits, '.', '-', '_') is looked up, so garbage never reaches the resolver and every
+/// accepted name renders back into a line that parses to the same server.
+pub fn resolve_with(name: &str, lookup: Lookup<'_>) -> Result<SocketAddr, String> {
     if let Ok(addr) = name.parse::<SocketAddr>() {
         return Ok(addr);
     }
     let (host, port) = name.rsplit_once(':').ok_or_else(|| {
         format!("address {name:?} needs a port (ip:port, [v6]:port or host:port)")
     })?;
-    if host.is_empty() || port.parse::<u16>().is_err() || host.contains(['[', ']', '/', ' ']) {
-        return Err(format!(
+    let port = port.parse::<u16>().ok();
+    let hostname = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    match port {
+        Some(port) if hostname => lookup(host, port),
+        _ => Err(format!(
             "address {name:?} is not ip:port, [v6]:port or host:port"
-        ));
+        )),
     }
-    (host, port.parse::<u16>().unwrap_or(0))
+}
+
+/// The system resolver (blocking).
+fn dns_lookup(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let name = format!("{host}:{port}");
+    (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {name:?}: {e}"))?
         .next()
@@ -269,5 +301,295 @@ mod tests {
         let s = parse_line("server localhost:80;").unwrap().unwrap();
         assert!(s.addr.ip().is_loopback());
         assert_eq!(s.name, "localhost:80");
+    }
+}
+
+/// Property tests (`cargo test --lib fuzz_`; `PROPTEST_CASES=1000000` for the long run).
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// Host names resolve without DNS: a fixed address derived from the name.
+    fn fake_lookup(host: &str, port: u16) -> Result<SocketAddr, String> {
+        let h = host
+            .bytes()
+            .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        let [a, b, c, _] = h.to_be_bytes();
+        Ok(SocketAddr::from(([10, a, b, c], port)))
+    }
+
+    fn server_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (any::<Ipv4Addr>(), any::<u16>()).prop_map(|(ip, p)| format!("{ip}:{p}")),
+            (any::<Ipv6Addr>(), any::<u16>()).prop_map(|(ip, p)| format!("[{ip}]:{p}")),
+            (
+                "[a-z][a-z0-9-]{0,15}(\\.[a-z0-9_-]{1,10}){0,3}",
+                any::<u16>()
+            )
+                .prop_map(|(h, p)| format!("{h}:{p}")),
+        ]
+    }
+
+    fn fail_timeout() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            (0..=u64::from(u32::MAX)).prop_map(Duration::from_secs),
+            any::<u64>().prop_map(Duration::from_millis),
+        ]
+    }
+
+    fn build() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9._-]{1,64}"
+    }
+
+    fn spec() -> impl Strategy<Value = ServerSpec> {
+        (
+            server_name(),
+            any::<u32>(),
+            any::<u32>(),
+            fail_timeout(),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::option::of(build()),
+        )
+            .prop_map(
+                |(name, weight, max_fails, fail_timeout, down, backup, build)| {
+                    let addr = resolve_with(&name, &fake_lookup).expect("generated names resolve");
+                    ServerSpec {
+                        addr,
+                        name,
+                        weight,
+                        max_fails,
+                        fail_timeout,
+                        down,
+                        backup,
+                        build,
+                    }
+                },
+            )
+    }
+
+    /// A server line as a person might write it: parameters in any order, defaults left out,
+    /// tabs and runs of spaces, `fail_timeout` in any accepted spelling, notes in the comment.
+    fn written() -> impl Strategy<Value = (String, ServerSpec)> {
+        (
+            spec(),
+            any::<[bool; 3]>(),
+            any::<u8>(),
+            prop::sample::select(vec![" ", "  ", "\t", " \t "]),
+            prop::sample::select(vec!["", " ", "\t"]),
+            proptest::collection::vec("[a-z]{1,8}", 0..3),
+            any::<u64>(),
+        )
+            .prop_flat_map(|(mut spec, keep, style, sep, edge, notes, seed)| {
+                let mut words = Vec::new();
+                if keep[0] {
+                    words.push(format!("weight={}", spec.weight));
+                } else {
+                    spec.weight = 1;
+                }
+                if keep[1] {
+                    words.push(format!("max_fails={}", spec.max_fails));
+                } else {
+                    spec.max_fails = 2;
+                }
+                if keep[2] {
+                    let d = spec.fail_timeout;
+                    let text = if d.subsec_nanos() != 0 {
+                        format!("{}ms", d.as_millis())
+                    } else {
+                        let s = d.as_secs();
+                        match style % 3 {
+                            0 => format!("{s}"),
+                            1 => format!("{s}s"),
+                            _ => format!("{}m{}s", s / 60, s % 60),
+                        }
+                    };
+                    words.push(format!("fail_timeout={text}"));
+                } else {
+                    spec.fail_timeout = Duration::from_secs(10);
+                }
+                if spec.down {
+                    words.push("down".into());
+                }
+                if spec.backup {
+                    words.push("backup".into());
+                }
+                let comment = match (&spec.build, seed % 3) {
+                    (None, 0) => String::new(),
+                    (None, _) => format!(" # {}", notes.join(" ")),
+                    (Some(b), _) => {
+                        let mut c = notes.clone();
+                        c.insert((seed as usize) % (c.len() + 1), format!("build={b}"));
+                        format!(" #{}", c.join(" "))
+                    }
+                };
+                let name = spec.name.clone();
+                Just(words).prop_shuffle().prop_map(move |words| {
+                    let mut line = format!("{edge}server{sep}{name}");
+                    for w in &words {
+                        line.push_str(sep);
+                        line.push_str(w);
+                    }
+                    if style & 8 != 0 {
+                        line.push_str(sep);
+                    }
+                    line.push(';');
+                    line.push_str(&comment);
+                    line.push_str(edge);
+                    (line, spec.clone())
+                })
+            })
+    }
+
+    /// Lines the parser must refuse, whatever else the file holds.
+    fn bad_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            // No ';' anywhere in the body (and not blank).
+            "[^#;\\s][^#;\r\n]{0,40}",
+            written().prop_map(|(l, _)| l.replacen(';', "", 1)),
+            (
+                server_name(),
+                prop::sample::select(vec![
+                    "weight=-1",
+                    "weight=abc",
+                    "weight=4294967296",
+                    "max_fails=x",
+                    "max_fails=",
+                    "fail_timeout=1.5s",
+                    "fail_timeout=ten",
+                    "fail_timeout=-1s",
+                    "colour=red",
+                    "down=1",
+                    "=",
+                    "weight",
+                ])
+            )
+                .prop_map(|(n, p)| format!("server {n} {p};")),
+            "[a-zA-Z0-9.]{1,20}".prop_map(|h| format!("server {h};")),
+            "(upstream|servers|Server|include) [a-z0-9.:]{1,20};",
+            (server_name(), "[a-z]{0,5}[/*!@]{1,3}[a-z]{0,5}")
+                .prop_map(|(n, b)| format!("server {n}; # build={b}")),
+            Just("server ;".to_string()),
+            Just(";".to_string()),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Line {
+        Good(String, ServerSpec),
+        Bad(String),
+        Blank(String),
+        Comment(String),
+    }
+
+    fn line() -> impl Strategy<Value = Line> {
+        prop_oneof![
+            4 => written().prop_map(|(l, s)| Line::Good(l, s)),
+            3 => bad_line().prop_map(Line::Bad),
+            1 => "[ \t]{0,3}".prop_map(Line::Blank),
+            1 => "[ \t]{0,2}#[^\r\n]{0,30}".prop_map(Line::Comment),
+        ]
+    }
+
+    /// A single edit (insert, delete or replace one character) of a good line.
+    fn mutated() -> impl Strategy<Value = String> {
+        (written(), any::<usize>(), any::<char>(), 0..3u8).prop_map(|((line, _), at, c, op)| {
+            let mut chars: Vec<char> = line.chars().collect();
+            let i = at % (chars.len() + 1);
+            match op {
+                0 => chars.insert(i, c),
+                1 if i < chars.len() => {
+                    chars.remove(i);
+                }
+                _ if i < chars.len() => chars[i] = c,
+                _ => chars.push(c),
+            }
+            chars.into_iter().collect()
+        })
+    }
+
+    /// Anything accepted renders as a dump line that parses back to the same server (the Consul
+    /// dump and `/upstream_list` write what the file source reads).
+    fn assert_renders_back(spec: &ServerSpec) -> Result<(), TestCaseError> {
+        let again = parse_line_with(&render_line(spec), &fake_lookup);
+        prop_assert_eq!(again, Ok(Some(spec.clone())));
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_rendered_line_round_trips(spec in spec()) {
+            assert_renders_back(&spec)?;
+        }
+
+        #[test]
+        fn fuzz_written_line_parses_to_its_fields((line, spec) in written()) {
+            prop_assert_eq!(parse_line_with(&line, &fake_lookup), Ok(Some(spec)), "{:?}", line);
+        }
+
+        #[test]
+        fn fuzz_bad_line_is_refused_with_a_reason(line in bad_line()) {
+            let err = parse_line_with(&line, &fake_lookup).expect_err(&line);
+            prop_assert!(!err.is_empty());
+        }
+
+        #[test]
+        fn fuzz_file_keeps_good_lines_and_numbers_bad_ones(
+            lines in proptest::collection::vec(line(), 0..24),
+            crlf in any::<bool>(),
+        ) {
+            let text = lines
+                .iter()
+                .map(|l| match l {
+                    Line::Good(t, _) | Line::Bad(t) | Line::Blank(t) | Line::Comment(t) => t.as_str(),
+                })
+                .collect::<Vec<_>>()
+                .join(if crlf { "\r\n" } else { "\n" });
+            let mut want_servers: Vec<ServerSpec> = Vec::new();
+            let mut want_errors = Vec::new();
+            for (i, l) in lines.iter().enumerate() {
+                match l {
+                    Line::Good(_, s) if want_servers.iter().any(|w| w.addr == s.addr) => {
+                        want_errors.push(i + 1)
+                    }
+                    Line::Good(_, s) => want_servers.push(s.clone()),
+                    Line::Bad(_) => want_errors.push(i + 1),
+                    Line::Blank(_) | Line::Comment(_) => {}
+                }
+            }
+            let parsed = parse_with(&text, &fake_lookup);
+            prop_assert_eq!(parsed.servers, want_servers);
+            let got: Vec<usize> = parsed.errors.iter().map(|e| e.line).collect();
+            prop_assert_eq!(got, want_errors);
+        }
+
+        #[test]
+        fn fuzz_mutated_line_never_panics_and_what_it_accepts_renders_back(line in mutated()) {
+            if let Ok(Some(spec)) = parse_line_with(&line, &fake_lookup) {
+                assert_renders_back(&spec)?;
+            }
+        }
+
+        #[test]
+        fn fuzz_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            // The file source reads bytes and decodes them lossily, exactly so.
+            let text = String::from_utf8_lossy(&bytes);
+            let parsed = parse_with(&text, &fake_lookup);
+            let lines = text.lines().count();
+            prop_assert!(parsed.servers.len() + parsed.errors.len() <= lines);
+            let mut last = 0;
+            for e in &parsed.errors {
+                prop_assert!(e.line > last && e.line <= lines, "{:?}", e);
+                prop_assert!(e.text.chars().count() <= 200 && !e.reason.is_empty());
+                last = e.line;
+            }
+            let mut addrs = HashSet::new();
+            for s in &parsed.servers {
+                prop_assert!(addrs.insert(s.addr), "duplicate {}", s.addr);
+                assert_renders_back(s)?;
+            }
+        }
     }
 }
