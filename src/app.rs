@@ -13,7 +13,7 @@ use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::gray::consul_switches::ConsulSwitches;
 use crate::gray::{GrayEngine, GrayUpkeep};
-use crate::lifecycle::{DrainWatch, Draining};
+use crate::lifecycle::{linger_for, DrainWatch, Draining, Lingering};
 use crate::metrics::Metrics;
 use crate::pin::Pinner;
 use crate::proxy::{GraySplit, ProxySettings};
@@ -42,6 +42,7 @@ fn server_conf(config: &Config) -> ServerConf {
     let s = &config.server;
     ServerConf {
         threads: s.threads,
+        work_stealing: std::env::var_os("GS_WS").is_some(),
         pid_file: s.pid_file.to_string_lossy().into_owned(),
         upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
         grace_period_seconds: Some(s.grace_period.as_secs()),
@@ -145,8 +146,17 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     }
     let proxy = GraySplit::new(pools.clone(), gray.clone(), settings)
         .ok_or("the base pool is not configured")?;
-    let mut proxy_service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "graysplit");
+    // `http_proxy_service_with_name`, with the proxy wrapped so that shutdown does not drop a
+    // just-accepted connection before its first request arrives (lifecycle.rs).
+    let mut proxy = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());
+    proxy.handle_init_modules();
+    let mut proxy_service = Service::new(
+        "graysplit".to_string(),
+        Lingering {
+            app: Arc::new(proxy),
+            linger: linger_for(config.server.grace_period),
+        },
+    );
     proxy_service.add_tcp(&config.server.listen.to_string());
     let checker = server.add_service(background_service(
         "health checks",

@@ -13,12 +13,23 @@
 //! its next answer, and the client's next request opens a new connection, which the shared
 //! listening socket hands to whichever process accepts, the new one as soon as it is up. By the
 //! time Pingora drops idle connections, only connections idle for the whole hand-over are left.
+//!
+//! [`Lingering`] covers the other edge: when the old process stops accepting, Pingora at once
+//! wakes and drops every connection waiting for a request, including one it accepted a moment
+//! ago whose first request is still on its way, which the client then sees fail. Wrapping the
+//! proxy app, it holds that wake-up back for a short linger (within `grace_period`, which Pingora
+//! waits anyway): requests that arrive meanwhile are served, with `Connection: close`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::info;
 use parking_lot::Mutex;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::v2::server::H2Options;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::server::{ExecutionPhase, ShutdownWatch};
 use tokio::sync::broadcast;
 
@@ -95,6 +106,57 @@ impl pingora::services::background::BackgroundService for DrainWatch {
     }
 }
 
+/// How long [`Lingering`] holds back dropping waiting connections: half the grace period, at
+/// most 2 s (Pingora ends the process `grace_period` after the shutdown starts).
+pub fn linger_for(grace_period: Duration) -> Duration {
+    (grace_period / 2).min(Duration::from_secs(2))
+}
+
+/// An HTTP app (the proxy) whose shutdown clean-up, which drops every connection waiting for a
+/// request, waits `linger` first. Everything else is the wrapped app's.
+pub struct Lingering<A> {
+    pub app: Arc<A>,
+    pub linger: Duration,
+}
+
+#[async_trait::async_trait]
+impl<A> HttpServerApp for Lingering<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.app.process_new_http(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.app.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.app.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        tokio::time::sleep(self.linger).await;
+        self.app.http_cleanup().await;
+    }
+
+    async fn process_custom_session(
+        self: Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.app
+            .clone()
+            .process_custom_session(stream, shutdown)
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +174,15 @@ mod tests {
         let w = DrainWatch::new(broadcast::channel(1).1, Draining::default());
         w.on_phase(&ExecutionPhase::GracefulTerminate);
         assert!(w.draining.is_set());
+    }
+
+    #[test]
+    fn linger_stays_inside_the_grace_period() {
+        assert_eq!(
+            linger_for(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(linger_for(Duration::from_secs(5)), Duration::from_secs(2));
+        assert_eq!(linger_for(Duration::ZERO), Duration::ZERO);
     }
 }
