@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod consul;
+pub mod faulty;
+pub mod load;
 pub mod proc;
 pub mod redis;
 pub mod upstream;
