@@ -29,7 +29,9 @@ struct Cli {
     /// Run in the background (Pingora daemon mode).
     #[arg(short = 'd', long = "daemon")]
     daemon: bool,
-    /// Take over the listening sockets of a running graysplit (graceful upgrade).
+    /// Take over the listening sockets of a running graysplit (graceful upgrade): after loading
+    /// the config, wait (about 5 s) for them on `server.upgrade_sock`; the running process sends
+    /// them when it gets SIGQUIT.
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
     #[command(subcommand)]
