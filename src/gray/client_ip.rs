@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::proxy::forwarded::canonical_ip;
+use crate::proxy::forwarded::{canonical_ip, canonical_net};
 
 /// Which header names the client when the peer is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +46,10 @@ pub fn resolve(
     found.unwrap_or(peer)
 }
 
+/// `ip` is canonical; so is each network before the test (`::ffff:10.0.0.0/104` written in
+/// `trusted_proxies` trusts the peer `::ffff:10.0.0.1`, which is `10.0.0.1` by then).
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
-    trusted.iter().any(|net| net.contains(&ip))
+    trusted.iter().any(|net| canonical_net(*net).contains(&ip))
 }
 
 /// Right to left: skip trusted hops; the first untrusted hop is the client. If every hop is
@@ -186,6 +188,23 @@ mod tests {
     }
 
     #[test]
+    fn mapped_trusted_networks_trust_mapped_peers() {
+        let trusted = nets(&["::ffff:10.0.0.0/104"]);
+        let got = resolve(
+            ip("::ffff:10.1.2.3"),
+            Some(b"198.51.100.7"),
+            None,
+            &trusted,
+            XFF,
+        );
+        assert_eq!(got, ip("198.51.100.7"));
+        assert_eq!(
+            resolve(ip("10.1.2.3"), Some(b"198.51.100.7"), None, &trusted, XFF),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
     fn addresses_are_normalised() {
         assert_eq!(
             parse_ip(b"::ffff:192.168.93.182"),
@@ -210,5 +229,209 @@ mod tests {
             resolve(ip("::1"), None, Some(b"2001:db8::7"), &trusted, XFF),
             ip("2001:db8::7")
         );
+    }
+}
+
+/// Property tests (`cargo test --lib fuzz_`; `PROPTEST_CASES=1000000` for the long run).
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const XFF: ClientIpHeader = ClientIpHeader::XForwardedFor;
+
+    fn ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<Ipv4Addr>().prop_map(IpAddr::V4),
+            any::<Ipv6Addr>().prop_map(IpAddr::V6),
+            // IPv4-mapped IPv6, which proxies on dual-stack sockets write.
+            any::<Ipv4Addr>().prop_map(|v4| IpAddr::V6(v4.to_ipv6_mapped())),
+        ]
+    }
+
+    /// Networks of every prefix length, normalised.
+    fn net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (any::<Ipv4Addr>(), 0u8..=32)
+                .prop_map(|(a, l)| IpNet::new(IpAddr::V4(a), l).unwrap().trunc()),
+            (any::<Ipv6Addr>(), 0u8..=128)
+                .prop_map(|(a, l)| IpNet::new(IpAddr::V6(a), l).unwrap().trunc()),
+            (8u8..=32).prop_map(|l| IpNet::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), l)
+                .unwrap()
+                .trunc()),
+        ]
+    }
+
+    /// An address inside `net`.
+    fn inside(net: IpNet, bits: u128) -> IpAddr {
+        match net {
+            IpNet::V4(n) => {
+                let host = (bits as u32) & !u32::from(n.netmask());
+                IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) | host))
+            }
+            IpNet::V6(n) => {
+                let host = bits & !u128::from(n.netmask());
+                IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | host))
+            }
+        }
+    }
+
+    /// One address in any way proxies write it.
+    fn written(ip: IpAddr, style: u8, port: u16) -> String {
+        let s = match (style % 5, ip) {
+            (0, _) => ip.to_string(),
+            (1, IpAddr::V4(v4)) => format!("{v4}:{port}"),
+            (1, IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+            (2, IpAddr::V6(v6)) => format!("[{v6}]"),
+            (3, _) => format!("\"{ip}\""),
+            (4, IpAddr::V4(v4)) => v4.to_ipv6_mapped().to_string(),
+            _ => ip.to_string(),
+        };
+        match style / 5 % 4 {
+            0 => s,
+            1 => format!(" {s}"),
+            2 => format!("{s} "),
+            _ => format!("\t{s}  "),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Hop {
+        Addr(IpAddr, u8, u16),
+        Garbage(String),
+    }
+
+    fn hop(trusted: Vec<IpNet>) -> impl Strategy<Value = Hop> {
+        let pick = prop::sample::select(trusted);
+        prop_oneof![
+            3 => (ip(), any::<u8>(), any::<u16>()).prop_map(|(a, s, p)| Hop::Addr(a, s, p)),
+            3 => (pick, any::<u128>(), any::<u8>(), any::<u16>())
+                .prop_map(|(n, bits, s, p)| Hop::Addr(inside(n, bits), s, p)),
+            1 => prop_oneof![
+                Just("unknown".to_string()),
+                Just(String::new()),
+                "[a-z<>;]{1,10}",
+                (any::<Ipv4Addr>()).prop_map(|a| format!("{a}.9")),
+                (any::<Ipv4Addr>()).prop_map(|a| format!("{a}:99999")),
+                "[0-9a-f:]{3,40}:[0-9a-f:]{1,9}::[0-9a-f:]{1,9}::",
+            ].prop_map(Hop::Garbage),
+        ]
+    }
+
+    fn scenario() -> impl Strategy<Value = (Vec<IpNet>, Vec<Hop>, IpAddr)> {
+        proptest::collection::vec(net(), 1..4).prop_flat_map(|trusted| {
+            let peer = (prop::sample::select(trusted.clone()), any::<u128>())
+                .prop_map(|(n, bits)| inside(n, bits));
+            (
+                Just(trusted.clone()),
+                proptest::collection::vec(hop(trusted), 0..8),
+                peer,
+            )
+        })
+    }
+
+    /// The reference: right to left, a garbage hop voids the header, the first untrusted hop is
+    /// the client, all trusted gives the leftmost.
+    fn model(hops: &[Hop], trusted: &[IpNet]) -> Option<IpAddr> {
+        let mut leftmost = None;
+        for h in hops.iter().rev() {
+            let Hop::Addr(ip, _, _) = h else { return None };
+            let ip = canonical_ip(*ip);
+            if !trusted.iter().any(|n| canonical_net(*n).contains(&ip)) {
+                return Some(ip);
+            }
+            leftmost = Some(ip);
+        }
+        leftmost
+    }
+
+    fn join(hops: &[Hop]) -> String {
+        hops.iter()
+            .map(|h| match h {
+                Hop::Addr(ip, style, port) => written(*ip, *style, *port),
+                Hop::Garbage(g) => g.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    proptest! {
+        /// Behind trusted proxies the client is exactly the rightmost untrusted hop (a hop to its
+        /// left is never returned: the client may have written it), or the peer.
+        #[test]
+        fn fuzz_forwarded_for_gives_the_first_untrusted_hop_from_the_right(
+            (trusted, hops, peer) in scenario(),
+            real_ip in proptest::option::of(ip()),
+        ) {
+            let xff = join(&hops);
+            let real = real_ip.map(|ip| ip.to_string());
+            let got = resolve(peer, real.as_deref().map(str::as_bytes), Some(xff.as_bytes()), &trusted, XFF);
+            let want = if hops.is_empty() { None } else { model(&hops, &trusted) };
+            prop_assert_eq!(got, want.unwrap_or(canonical_ip(peer)), "XFF {:?}", xff);
+        }
+
+        /// A peer outside `trusted_proxies` is the client, whatever it sends.
+        #[test]
+        fn fuzz_untrusted_peer_is_always_the_client(
+            trusted in proptest::collection::vec(net(), 0..4),
+            peer in ip(),
+            real_ip in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            xff in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..128)),
+            real_only in any::<bool>(),
+        ) {
+            let peer_c = canonical_ip(peer);
+            prop_assume!(!trusted.iter().any(|n| canonical_net(*n).contains(&peer_c)));
+            let which = if real_only { ClientIpHeader::XRealIp } else { XFF };
+            prop_assert_eq!(resolve(peer, real_ip.as_deref(), xff.as_deref(), &trusted, which), peer_c);
+        }
+
+        /// Arbitrary header bytes (invalid UTF-8 included): the answer is the peer or an address
+        /// that the header itself holds, and always canonical.
+        #[test]
+        fn fuzz_header_bytes_give_the_peer_or_an_address_from_the_header(
+            trusted in proptest::collection::vec(net(), 0..3),
+            peer in ip(),
+            real_ip in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            xff in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..128)),
+            real_only in any::<bool>(),
+        ) {
+            let which = if real_only { ClientIpHeader::XRealIp } else { XFF };
+            let mut everyone = trusted.clone();
+            everyone.push("0.0.0.0/0".parse().unwrap());
+            everyone.push("::/0".parse().unwrap());
+            for nets in [&trusted, &everyone] {
+                let got = resolve(peer, real_ip.as_deref(), xff.as_deref(), nets, which);
+                prop_assert_eq!(got, canonical_ip(got));
+                let from_header = |raw: &Option<Vec<u8>>| {
+                    raw.as_deref()
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .is_some_and(|t| t.split(',').any(|h| parse_ip(h.as_bytes()) == Some(got)))
+                };
+                prop_assert!(
+                    got == canonical_ip(peer) || from_header(&xff) || from_header(&real_ip),
+                    "{:?} from peer {} real {:?} xff {:?}", got, peer, real_ip, xff
+                );
+            }
+        }
+
+        /// Every spelling of an address parses to the address (mapped IPv6 as IPv4).
+        #[test]
+        fn fuzz_written_addresses_parse_back(a in ip(), style in any::<u8>(), port in any::<u16>()) {
+            prop_assert_eq!(parse_ip(written(a, style, port).as_bytes()), Some(canonical_ip(a)));
+        }
+
+        /// X-Real-IP mode reads X-Real-IP only.
+        #[test]
+        fn fuzz_real_ip_mode_ignores_forwarded_for(
+            (trusted, hops, peer) in scenario(),
+            real in ip(), style in any::<u8>(), port in any::<u16>(),
+        ) {
+            let xff = join(&hops);
+            let text = written(real, style, port);
+            let got = resolve(peer, Some(text.as_bytes()), Some(xff.as_bytes()), &trusted,
+                              ClientIpHeader::XRealIp);
+            prop_assert_eq!(got, canonical_ip(real));
+        }
     }
 }

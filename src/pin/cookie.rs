@@ -329,3 +329,117 @@ mod tests {
         assert!(Keys::new::<&str>(&[]).is_none());
     }
 }
+
+/// Property tests (`cargo test --lib fuzz_`; `PROPTEST_CASES=1000000` for the long run).
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const DAY: u64 = 86_400;
+
+    fn secrets() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 1..4)
+    }
+
+    fn pool() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9_-]{1,64}"
+    }
+
+    fn build() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9._-]{1,64}"
+    }
+
+    /// A pin issued at `issued` and read at a time inside its lifetime.
+    fn issued_pin() -> impl Strategy<Value = (Vec<Vec<u8>>, String, String, u64, u64, u64)> {
+        (secrets(), pool(), build(), any::<u64>(), 0..=10 * DAY).prop_flat_map(
+            |(s, p, b, issued, lifetime)| {
+                let earliest = issued.saturating_sub(MAX_FUTURE_SKEW);
+                let latest = issued.saturating_add(lifetime);
+                (
+                    Just(s),
+                    Just(p),
+                    Just(b),
+                    Just(issued),
+                    Just(lifetime),
+                    earliest..=latest,
+                )
+            },
+        )
+    }
+
+    proptest! {
+        /// Whatever a client sends (the Cookie header is visible ASCII, but any text must do),
+        /// nothing verifies without the secret, and nothing panics.
+        #[test]
+        fn fuzz_arbitrary_values_never_verify(
+            s in secrets(),
+            value in prop_oneof![".{0,120}", "[ -~]{0,120}",
+                "v1\\.[a-z]{1,6}\\.[a-z0-9.]{1,10}\\.[0-9]{1,22}\\.[A-Za-z0-9_-]{40,46}"],
+            now in any::<u64>(),
+            lifetime in any::<u64>(),
+        ) {
+            let keys = Keys::new(&s).unwrap();
+            prop_assert!(decode(&keys, &value, now, lifetime).is_err());
+        }
+
+        /// Every pin we issue reads back to its pool, build and time within its lifetime, with
+        /// the signing key or with a rotated key list that still holds it.
+        #[test]
+        fn fuzz_issued_pins_round_trip((s, p, b, issued, lifetime, now) in issued_pin(), newer in proptest::collection::vec(any::<u8>(), 1..40)) {
+            let keys = Keys::new(&s).unwrap();
+            let v = encode(&keys, &p, &b, issued);
+            let want = PinRef { pool: &p, build: &b, issued };
+            prop_assert_eq!(decode(&keys, &v, now, lifetime), Ok(want));
+            let mut rotated = vec![newer];
+            rotated.push(s[0].clone());
+            prop_assert_eq!(decode(&Keys::new(&rotated).unwrap(), &v, now, lifetime), Ok(want));
+            // Outside the lifetime it is expired, never accepted.
+            if let Some(late) = issued.checked_add(lifetime).and_then(|t| t.checked_add(1)) {
+                prop_assert_eq!(decode(&keys, &v, late, lifetime), Err(Reject::Expired));
+            }
+            // Cookie-safe alphabet.
+            prop_assert!(v.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c)));
+        }
+
+        /// Any change to an issued pin (one character replaced, inserted or removed, or the
+        /// value cut short or extended) never verifies.
+        #[test]
+        fn fuzz_tampered_or_truncated_pins_never_verify(
+            (s, p, b, issued, lifetime, now) in issued_pin(),
+            at in any::<usize>(),
+            c in prop_oneof![any::<char>(), prop::sample::select(b"0123456789abcxyzABCXYZ._-".to_vec()).prop_map(char::from)],
+            op in 0..4u8,
+        ) {
+            let keys = Keys::new(&s).unwrap();
+            let v = encode(&keys, &p, &b, issued);
+            let mut chars: Vec<char> = v.chars().collect();
+            let i = at % chars.len();
+            match op {
+                0 => chars[i] = c,
+                1 => chars.insert(i, c),
+                2 => chars.truncate(i),
+                _ => chars.push(c),
+            }
+            let t: String = chars.into_iter().collect();
+            prop_assume!(t != v);
+            prop_assert!(decode(&keys, &t, now, lifetime).is_err(), "{:?} verified", t);
+        }
+
+        /// A pin signed with other secrets is forged for us.
+        #[test]
+        fn fuzz_other_keys_never_verify((s, p, b, issued, lifetime, now) in issued_pin(), other in secrets()) {
+            // HMAC pads short keys with zeros: "k" and "k\0" are the same key.
+            let norm = |k: &Vec<u8>| {
+                let mut k = k.clone();
+                while k.len() <= 64 && k.last() == Some(&0) {
+                    k.pop();
+                }
+                k
+            };
+            prop_assume!(other.iter().all(|o| !s.iter().any(|k| norm(k) == norm(o))));
+            let v = encode(&Keys::new(&other).unwrap(), &p, &b, issued);
+            prop_assert_eq!(decode(&Keys::new(&s).unwrap(), &v, now, lifetime), Err(Reject::Forged));
+        }
+    }
+}

@@ -8,6 +8,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::{IpNet, Ipv4Net};
+
 /// nginx's `$host`: the request's host name, lower-cased, without the port. `None` when the
 /// request carries no usable host (nginx would then use `server_name`; we leave Host untouched).
 pub fn host_without_port(host_header: &str) -> Option<String> {
@@ -47,6 +49,20 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
+    }
+}
+
+/// A network in the form that matches canonical addresses: an IPv4-mapped IPv6 network
+/// (`::ffff:10.0.0.0/104`) becomes the IPv4 network it maps (`10.0.0.0/8`), since
+/// [`canonical_ip`] turns a mapped peer into IPv4 before any lookup.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => n
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| Ipv4Net::new(v4, n.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
     }
 }
 
@@ -93,5 +109,67 @@ mod tests {
         );
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(canonical_ip(v6), v6);
+    }
+}
+
+/// Property tests (`cargo test --lib fuzz_`; `PROPTEST_CASES=1000000` for the long run).
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    proptest! {
+        /// Any Host header (the request path gets it as visible ASCII, but any text must do):
+        /// no panic, and a result is a non-empty, lower-case, space- and control-free prefix
+        /// of the header.
+        #[test]
+        fn fuzz_host_header_of_any_text(h in prop_oneof![".{0,40}", "[ -~]{0,40}", "\\[[0-9a-f:\\]\\[]{0,12}(:[0-9]{0,6})?"]) {
+            if let Some(name) = host_without_port(&h) {
+                prop_assert!(!name.is_empty());
+                prop_assert_eq!(&name, &name.to_ascii_lowercase());
+                prop_assert!(!name.bytes().any(|b| b.is_ascii_control() || b == b' '));
+                prop_assert!(h.trim().to_ascii_lowercase().starts_with(&name), "{:?} -> {:?}", h, name);
+            }
+        }
+
+        /// `$host`: a name or address with or without a port is the name, lower-cased.
+        #[test]
+        fn fuzz_host_without_port_like_nginx(
+            host in prop_oneof![
+                "[a-zA-Z0-9]([a-zA-Z0-9.-]{0,30}[a-zA-Z0-9])?",
+                any::<Ipv4Addr>().prop_map(|a| a.to_string()),
+                any::<Ipv6Addr>().prop_map(|a| format!("[{a}]")),
+            ],
+            port in proptest::option::of(any::<u16>()),
+        ) {
+            let header = match port {
+                Some(p) => format!("{host}:{p}"),
+                None => host.clone(),
+            };
+            prop_assert_eq!(host_without_port(&header), Some(host.to_ascii_lowercase()));
+        }
+
+        #[test]
+        fn fuzz_forwarded_for_appends_exactly_the_peer(existing in proptest::option::of("[ -~\t]{0,60}"), peer in any::<IpAddr>()) {
+            let got = append_forwarded_for(existing.as_deref(), peer);
+            let want = match existing.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+                Some(prev) => format!("{prev}, {peer}"),
+                None => peer.to_string(),
+            };
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn fuzz_canonical_ip_and_net_agree(a in any::<Ipv4Addr>(), n in any::<Ipv4Addr>(), len in 0u8..=32, v6 in any::<Ipv6Addr>()) {
+            let mapped = IpAddr::V6(a.to_ipv6_mapped());
+            prop_assert_eq!(canonical_ip(mapped), IpAddr::V4(a));
+            prop_assert_eq!(canonical_ip(canonical_ip(IpAddr::V6(v6))), canonical_ip(IpAddr::V6(v6)));
+            let net4 = Ipv4Net::new(n, len).unwrap().trunc();
+            let net6 = IpNet::new(IpAddr::V6(n.to_ipv6_mapped()), len + 96).unwrap().trunc();
+            prop_assert_eq!(canonical_net(net6), IpNet::V4(net4));
+            prop_assert_eq!(canonical_net(net6).contains(&canonical_ip(mapped)), net4.contains(&a));
+            prop_assert_eq!(canonical_net(IpNet::V4(net4)), IpNet::V4(net4));
+        }
     }
 }

@@ -842,3 +842,47 @@ mod tests {
         assert_eq!(w2.state().servers_from, "dump");
     }
 }
+
+/// Property tests (`cargo test --lib fuzz_`; `PROPTEST_CASES=1000000` for the long run).
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any X-Consul-Index sequence (a header is an i64 as Consul sends it, possibly junk that
+        /// became a negative or zero number): the next query's index is the answer's index, 0
+        /// after a rewind, 1 for a non-positive answer, and never moves backwards otherwise.
+        #[test]
+        fn fuzz_next_index_follows_consuls_rules(
+            start in any::<u64>(),
+            returned in proptest::collection::vec(
+                prop_oneof![any::<i64>(), -2i64..100, Just(0i64)], 1..20),
+        ) {
+            let mut previous = start;
+            for r in returned {
+                let next = next_index(previous, r);
+                match u64::try_from(r) {
+                    Err(_) | Ok(0) => prop_assert_eq!(next, 1),
+                    Ok(r) if r < previous => prop_assert_eq!(next, 0),
+                    Ok(r) => {
+                        prop_assert_eq!(next, r);
+                        prop_assert!(next >= previous);
+                    }
+                }
+                previous = next;
+            }
+        }
+
+        /// However many failures in a row, a delay stays within its cap and the cap within 30 s.
+        #[test]
+        fn fuzz_backoff_stays_within_its_cap(failures in 0usize..200) {
+            let mut b = Backoff::default();
+            for _ in 0..failures {
+                let cap = b.ceiling();
+                prop_assert!(cap <= BACKOFF_MAX && cap >= BACKOFF_BASE);
+                prop_assert!(b.next_delay() <= cap);
+            }
+        }
+    }
+}
