@@ -229,16 +229,7 @@ impl Config {
                 rule: "unknown key".into(),
             })
         })
-        .map_err(|e| {
-            vec![ConfigError {
-                key: String::new(),
-                value: None,
-                rule: format!(
-                    "invalid TOML: {}",
-                    redact_token_lines(text, e.to_string().trim_end())
-                ),
-            }]
-        })?;
+        .map_err(|e| vec![shape_error(text, &e)])?;
         let mut v = Validator {
             errors: unknown,
             env: &env,
@@ -652,6 +643,91 @@ impl Validator<'_> {
     }
 }
 
+/// A deserialisation error. Syntax errors stay as TOML reports them (position and line). A value
+/// of the wrong type or shape in valid TOML names its key, like every other problem:
+/// `server.threads: invalid type: string "x", expected usize (line 2)`.
+fn shape_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let syntax = ConfigError {
+        key: String::new(),
+        value: None,
+        rule: format!(
+            "invalid TOML: {}",
+            redact_token_lines(text, e.to_string().trim_end())
+        ),
+    };
+    if text.parse::<toml::Table>().is_err() {
+        return syntax;
+    }
+    let Some(at) = e.span().map(|s| s.start) else {
+        return syntax;
+    };
+    let Some(key) = key_at(text, at) else {
+        return syntax;
+    };
+    let line = text.get(..at).map_or(1, |b| b.matches('\n').count() + 1);
+    let secret = key == "consul.token" || key.starts_with("pin.secrets");
+    let rule = if secret {
+        // serde quotes the value it refused; this one is not shown.
+        format!("has the wrong type (line {line}; the value is not shown: it is a secret)")
+    } else {
+        format!("{} (line {line})", e.message().trim_end())
+    };
+    ConfigError {
+        key,
+        value: None,
+        rule,
+    }
+}
+
+/// The dotted key of the value at byte `at` (where a TOML type error points): the last table
+/// header above it (`[[...]]` counted, as `gray.rules[1]`), then the key written before the `=`
+/// on that line, or on the nearest line above with one (a multi-line array). A header at `at`
+/// names itself. `None` when the text is not shaped like that.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let before = text.get(..at)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let header = |t: &str, open: &str, close: &str| {
+        t.strip_prefix(open)
+            .and_then(|h| h.split(close).next())
+            .map(unquote_key)
+    };
+    let here = text[line_start..].lines().next().unwrap_or("").trim();
+    if here.starts_with('[') && before[line_start..].trim().is_empty() {
+        return header(here.trim_start_matches('['), "", "]").filter(|h| !h.is_empty());
+    }
+    let mut table = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    let mut key_line = None;
+    for line in text[..line_start].lines().chain(std::iter::once(here)) {
+        let t = line.trim();
+        if let Some(name) = header(t, "[[", "]]") {
+            let n = arrays.entry(name.clone()).or_insert(0);
+            *n += 1;
+            table = format!("{name}[{}]", *n - 1);
+            key_line = None;
+        } else if let Some(name) = header(t, "[", "]") {
+            table = name;
+            key_line = None;
+        } else if let Some((k, _)) = t.split_once('=') {
+            key_line = Some(unquote_key(k));
+        }
+    }
+    let key = key_line.filter(|k| !k.is_empty())?;
+    Some(if table.is_empty() {
+        key
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
+/// `a . "b"` → `a.b`.
+fn unquote_key(k: &str) -> String {
+    k.split('.')
+        .map(|p| p.trim().trim_matches(|c| c == '"' || c == '\''))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// A TOML syntax error quotes the offending line; when that is the `token = ...` line, the quote
 /// would print the secret, so such lines are blanked out of the message.
 fn redact_token_lines(text: &str, message: &str) -> String {
@@ -672,5 +748,7 @@ fn valid_pool_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::proxy::forwarded::{canonical_ip, canonical_net};
+use crate::proxy::forwarded::canonical_ip;
 
 /// Which header names the client when the peer is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +46,17 @@ pub fn resolve(
     found.unwrap_or(peer)
 }
 
-/// `ip` is canonical; so is each network before the test (`::ffff:10.0.0.0/104` written in
-/// `trusted_proxies` trusts the peer `::ffff:10.0.0.1`, which is `10.0.0.1` by then).
+/// `ip` is canonical, so an IPv4 address is also looked up in its IPv4-mapped form: an IPv6
+/// network in `trusted_proxies` that holds `::ffff:10.0.0.1` (`::ffff:10.0.0.0/104`, `::/0`)
+/// trusts that peer, which is `10.0.0.1` by then.
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
-    trusted.iter().any(|net| canonical_net(*net).contains(&ip))
+    let mapped = match ip {
+        IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+        IpAddr::V6(_) => None,
+    };
+    trusted
+        .iter()
+        .any(|net| net.contains(&ip) || mapped.is_some_and(|m| net.contains(&m)))
 }
 
 /// Right to left: skip trusted hops; the first untrusted hop is the client. If every hop is
@@ -331,6 +338,15 @@ mod fuzz_tests {
         })
     }
 
+    /// A network trusts an address written either way (IPv4 or IPv4-mapped IPv6).
+    fn trusts(trusted: &[IpNet], ip: IpAddr) -> bool {
+        let forms = match ip {
+            IpAddr::V4(v4) => vec![ip, IpAddr::V6(v4.to_ipv6_mapped())],
+            IpAddr::V6(v6) => vec![ip, v6.to_ipv4_mapped().map_or(ip, IpAddr::V4)],
+        };
+        trusted.iter().any(|n| forms.iter().any(|f| n.contains(f)))
+    }
+
     /// The reference: right to left, a garbage hop voids the header, the first untrusted hop is
     /// the client, all trusted gives the leftmost.
     fn model(hops: &[Hop], trusted: &[IpNet]) -> Option<IpAddr> {
@@ -338,7 +354,7 @@ mod fuzz_tests {
         for h in hops.iter().rev() {
             let Hop::Addr(ip, _, _) = h else { return None };
             let ip = canonical_ip(*ip);
-            if !trusted.iter().any(|n| canonical_net(*n).contains(&ip)) {
+            if !trusts(trusted, ip) {
                 return Some(ip);
             }
             leftmost = Some(ip);
@@ -381,7 +397,7 @@ mod fuzz_tests {
             real_only in any::<bool>(),
         ) {
             let peer_c = canonical_ip(peer);
-            prop_assume!(!trusted.iter().any(|n| canonical_net(*n).contains(&peer_c)));
+            prop_assume!(!trusts(&trusted, peer_c));
             let which = if real_only { ClientIpHeader::XRealIp } else { XFF };
             prop_assert_eq!(resolve(peer, real_ip.as_deref(), xff.as_deref(), &trusted, which), peer_c);
         }

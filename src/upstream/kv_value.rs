@@ -713,16 +713,16 @@ mod fuzz_tests {
     fn fail_timeout_text(ms: u64, style: u8) -> String {
         let secs = ms / 1000;
         match style % 6 {
-            _ if ms % 1000 != 0 => match style % 3 {
+            _ if !ms.is_multiple_of(1000) => match style % 3 {
                 0 => format!("\"{ms}ms\""),
                 // Binary fractions are exact in f64: 0.5 s, 0.25 s, 0.125 s...
-                1 if ms % 125 == 0 => format!("{}", ms as f64 / 1000.0),
+                1 if ms.is_multiple_of(125) => format!("{}", ms as f64 / 1000.0),
                 _ => format!("\"{ms}ms\""),
             },
             0 => secs.to_string(),
             1 => format!("\"{secs}\""),
             2 => format!("\"{secs}s\""),
-            3 if secs % 60 == 0 => format!("\"{}m\"", secs / 60),
+            3 if secs.is_multiple_of(60) => format!("\"{}m\"", secs / 60),
             4 => format!("{secs}.0"),
             _ => format!("\"{ms}ms\""),
         }
