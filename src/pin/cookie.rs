@@ -422,7 +422,10 @@ mod fuzz_tests {
                 _ => chars.push(c),
             }
             let t: String = chars.into_iter().collect();
-            prop_assume!(t != v);
+            if t == v {
+                // The edit changed nothing (a character replaced by itself): nothing to check.
+                return Ok(());
+            }
             prop_assert!(decode(&keys, &t, now, lifetime).is_err(), "{:?} verified", t);
         }
 
@@ -437,7 +440,9 @@ mod fuzz_tests {
                 }
                 k
             };
-            prop_assume!(other.iter().all(|o| !s.iter().any(|k| norm(k) == norm(o))));
+            if other.iter().any(|o| s.iter().any(|k| norm(k) == norm(o))) {
+                return Ok(()); // the same key: not "other"
+            }
             let v = encode(&Keys::new(&other).unwrap(), &p, &b, issued);
             prop_assert_eq!(decode(&Keys::new(&s).unwrap(), &v, now, lifetime), Err(Reject::Forged));
         }
