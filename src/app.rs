@@ -42,7 +42,6 @@ fn server_conf(config: &Config) -> ServerConf {
     let s = &config.server;
     ServerConf {
         threads: s.threads,
-        work_stealing: std::env::var_os("GS_WS").is_some(),
         pid_file: s.pid_file.to_string_lossy().into_owned(),
         upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
         grace_period_seconds: Some(s.grace_period.as_secs()),

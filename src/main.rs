@@ -9,6 +9,10 @@ use graysplit::app::{self, RunOptions};
 use graysplit::config::Config;
 use graysplit::demo::{self, DemoOptions};
 
+// See Cargo.toml: measured, not assumed (bench/README.md, "Profile").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "graysplit",

@@ -343,7 +343,17 @@ impl ProxyHttp for GraySplit {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &Error) -> bool {
         // The asset-miss guard's deliberate 404s are no proxy failures; metrics count them.
-        is_asset_miss(e)
+        if is_asset_miss(e) {
+            return true;
+        }
+        // A client that went away mid-request or sent something unusable is not our error nor
+        // an upstream's: nginx logs these at info ("client prematurely closed connection"). At
+        // error level every closed browser tab (and the end of every load test) floods the log.
+        if e.esource() == &ErrorSource::Downstream {
+            info!("client: {e}");
+            return true;
+        }
+        false
     }
 
     fn suppress_proxy_warn_log(
