@@ -153,7 +153,7 @@ impl ServerHealth {
         };
         if fails >= spec.max_fails {
             self.ejected_until_ms
-                .store(now + window.max(1), Ordering::Relaxed);
+                .store(now.saturating_add(window.max(1)), Ordering::Relaxed);
             self.fails.store(0, Ordering::Relaxed);
             self.window_start_ms.store(0, Ordering::Relaxed);
             return true;
@@ -240,6 +240,16 @@ mod tests {
             assert!(!h.record_failure(&s));
         }
         assert!(h.available(&s));
+    }
+
+    #[test]
+    fn an_endless_fail_timeout_ejects_without_overflow() {
+        // Parsers refuse over a day; a spec built otherwise must still not overflow (a panic in
+        // debug builds, a wrapped "ejected until" in release).
+        let h = ServerHealth::default();
+        let s = spec(1, Duration::MAX);
+        assert!(h.record_failure(&s));
+        assert!(h.ejected());
     }
 
     #[test]

@@ -126,12 +126,20 @@ fn apply_param(spec: &mut ServerSpec, word: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest `fail_timeout`, as for Consul values: longer is a typo, and it keeps the
+/// passive-failure window (milliseconds) and the dump's `…ms` far from overflow.
+pub const MAX_FAIL_TIMEOUT: Duration = Duration::from_secs(86_400);
+
 /// nginx accepts `fail_timeout=10` as seconds; so do we, here only (upsync writes `10s`).
 fn fail_timeout(v: &str) -> Result<Duration, String> {
-    if let Ok(secs) = v.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let d = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => duration::parse(v).map_err(|rule| format!("fail_timeout={v}: {rule}"))?,
+    };
+    if d > MAX_FAIL_TIMEOUT {
+        return Err(format!("fail_timeout={v}: must be at most 1d (86400s)"));
     }
-    duration::parse(v).map_err(|rule| format!("fail_timeout={v}: {rule}"))
+    Ok(d)
 }
 
 fn build_from_comment(comment: &str) -> Option<Result<String, String>> {
@@ -334,8 +342,8 @@ mod fuzz_tests {
 
     fn fail_timeout() -> impl Strategy<Value = Duration> {
         prop_oneof![
-            (0..=u64::from(u32::MAX)).prop_map(Duration::from_secs),
-            any::<u64>().prop_map(Duration::from_millis),
+            (0..=86_400u64).prop_map(Duration::from_secs),
+            (0..=86_400_000u64).prop_map(Duration::from_millis),
         ]
     }
 
@@ -458,6 +466,11 @@ mod fuzz_tests {
                     "max_fails=x",
                     "max_fails=",
                     "fail_timeout=1.5s",
+                    "fail_timeout=86401",
+                    "fail_timeout=2d",
+                    "fail_timeout=1d1ms",
+                    "fail_timeout=18446744073709551615",
+                    "fail_timeout=1722194435412d554343ms",
                     "fail_timeout=ten",
                     "fail_timeout=-1s",
                     "colour=red",
