@@ -19,13 +19,13 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use graysplit::static_site::{self, SiteFiles, StaticSite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+
+use super::server_thread::ServerThread;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -52,8 +52,7 @@ pub struct FaultyUpstream {
     pub site: Arc<StaticSite>,
     pub stats: Arc<FaultStats>,
     mode: Arc<Mutex<Mode>>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: ServerThread,
 }
 
 impl FaultyUpstream {
@@ -70,31 +69,19 @@ impl FaultyUpstream {
         let site = Arc::new(StaticSite::new(files, addr.to_string()));
         let stats = Arc::new(FaultStats::default());
         let mode = Arc::new(Mutex::new(mode));
-        let (stop, stopped) = oneshot::channel::<()>();
         let (served, shared_mode, counters) = (site.clone(), mode.clone(), stats.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let back = TcpListener::from_std(back).expect("tokio listener");
-                let front = TcpListener::from_std(front).expect("tokio listener");
-                tokio::spawn(static_site::serve(back, served));
-                tokio::select! {
-                    _ = accept_loop(front, back_addr, shared_mode, counters) => {}
-                    _ = stopped => {}
-                }
-            });
-            // Dropping the runtime drops every task and so closes every socket.
+        let server = ServerThread::spawn(move || async move {
+            let back = TcpListener::from_std(back).expect("tokio listener");
+            let front = TcpListener::from_std(front).expect("tokio listener");
+            tokio::spawn(static_site::serve(back, served));
+            accept_loop(front, back_addr, shared_mode, counters).await;
         });
         FaultyUpstream {
             addr,
             site,
             stats,
             mode,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -110,17 +97,6 @@ impl FaultyUpstream {
     /// A pools-file line for this server.
     pub fn line(&self, extra: &str) -> String {
         format!("server {} {extra};", self.addr)
-    }
-}
-
-impl Drop for FaultyUpstream {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod faulty;
 pub mod load;
 pub mod proc;
 pub mod redis;
+pub mod server_thread;
 pub mod upstream;
 
 use std::future::Future;

@@ -18,10 +18,10 @@ pub fn run(args: &[&str]) -> Output {
 pub struct Graysplit {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// The current process (changes with [`Graysplit::adopt`]). Declared before `dir`: fields
+    /// drop in order, so the process is killed before its directory goes.
+    current: Proc,
     pub dir: tempfile::TempDir,
-    child: Child,
-    /// The current process's log file in `dir` (changes with [`Graysplit::adopt`]).
-    log_name: String,
 }
 
 /// `[server]` keys a test may change; everything else is fixed by [`Graysplit::start`].
@@ -84,22 +84,12 @@ impl Graysplit {
             opts.grace_period, opts.graceful_shutdown_timeout
         );
         std::fs::write(dir.path().join("graysplit.toml"), conf).expect("write config");
-        let log = std::fs::File::create(dir.path().join("graysplit.log")).expect("log file");
-        let child = Command::new(BIN)
-            .arg("-c")
-            .arg(dir.path().join("graysplit.toml"))
-            .env("RUST_LOG", "info")
-            .envs(opts.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn graysplit");
+        let current = Proc::spawn(&[], dir.path(), "graysplit", opts);
         let mut g = Graysplit {
             listen,
             admin,
             dir,
-            child,
-            log_name: "graysplit.log".to_string(),
+            current,
         };
         match g.wait_ready() {
             Ok(()) => Ok(g),
@@ -112,7 +102,7 @@ impl Graysplit {
         let listen = self.listen;
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if self.current.exited().is_some() {
                 return Err(());
             }
             if http_get_status(&url) == Some(200) && std::net::TcpStream::connect(listen).is_ok() {
@@ -146,22 +136,22 @@ impl Graysplit {
 
     /// The log (stderr) of the current process.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.path(&self.log_name)).unwrap_or_default()
+        self.current.log()
     }
 
     /// The current process's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.current.pid()
     }
 
     /// Sends `signal` (`libc::SIGTERM`, `SIGQUIT`, ...) to the current process.
     pub fn signal(&self, signal: libc::c_int) {
-        send_signal(self.child.id(), signal);
+        self.current.signal(signal);
     }
 
     /// Waits up to `timeout` for the current process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        wait_exit(&mut self.child, timeout)
+        self.current.wait_exit(timeout)
     }
 
     /// Starts a second graysplit on the same config with `-u` (Pingora's graceful upgrade) and
@@ -170,27 +160,11 @@ impl Graysplit {
     /// process's sockets; returns once that socket exists, so the caller can send `SIGQUIT` to
     /// the old process (which then sends its listening sockets over).
     pub fn spawn_upgrade(&self, name: &str, opts: &ServerOptions) -> Proc {
-        let log_name = format!("{name}.log");
-        let log = std::fs::File::create(self.path(&log_name)).expect("log file");
-        let child = Command::new(BIN)
-            .arg("-u")
-            .arg("-c")
-            .arg(self.path("graysplit.toml"))
-            .env("RUST_LOG", "info")
-            .envs(opts.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn graysplit -u");
-        let mut p = Proc {
-            child,
-            log: self.path(&log_name),
-            log_name,
-        };
+        let mut p = Proc::spawn(&["-u"], self.dir.path(), name, opts);
         let sock = self.path("upgrade.sock");
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while !sock.exists() {
-            if let Ok(Some(status)) = p.child.try_wait() {
+            if let Some(status) = p.exited() {
                 panic!(
                     "graysplit -u exited ({status}) before waiting for sockets:\n{}",
                     p.log()
@@ -208,22 +182,36 @@ impl Graysplit {
 
     /// Makes `next` (from [`Graysplit::spawn_upgrade`]) the current process and returns the
     /// previous one, still killed when dropped.
-    pub fn adopt(&mut self, mut next: Proc) -> Proc {
-        std::mem::swap(&mut self.child, &mut next.child);
-        std::mem::swap(&mut self.log_name, &mut next.log_name);
-        next.log = self.path(&next.log_name);
-        next
+    pub fn adopt(&mut self, next: Proc) -> Proc {
+        std::mem::replace(&mut self.current, next)
     }
 }
 
-/// A graysplit process beside the one a [`Graysplit`] owns (upgrade), killed on drop.
+/// One graysplit process on the config in its directory, logging to `<name>.log` there; killed
+/// on drop.
 pub struct Proc {
     child: Child,
-    log_name: String,
     log: PathBuf,
 }
 
 impl Proc {
+    /// `graysplit <args> -c <dir>/graysplit.toml`, with `opts.env`.
+    fn spawn(args: &[&str], dir: &Path, name: &str, opts: &ServerOptions) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .arg("-c")
+            .arg(dir.join("graysplit.toml"))
+            .env("RUST_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn graysplit");
+        Proc { child, log }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -302,11 +290,4 @@ fn http_get_status(url: &str) -> Option<u16> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_whitespace().nth(1)?.parse().ok()
-}
-
-impl Drop for Graysplit {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

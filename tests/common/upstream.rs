@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use graysplit::static_site::{self, SiteFiles, StaticSite};
-use tokio::sync::oneshot;
+
+use super::server_thread::ServerThread;
 
 pub struct Upstream {
     pub addr: SocketAddr,
     pub site: Arc<StaticSite>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: ServerThread,
 }
 
 impl Upstream {
@@ -45,27 +45,15 @@ impl Upstream {
         let mut site = StaticSite::new(files, addr.to_string());
         adjust(&mut site);
         let site = Arc::new(site);
-        let (stop, stopped) = oneshot::channel();
         let served = site.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                tokio::select! {
-                    _ = static_site::serve(listener, served) => {}
-                    _ = stopped => {}
-                }
-            });
-            // Dropping the runtime closes every open connection: the server is really gone.
+        let server = ServerThread::spawn(move || async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            static_site::serve(listener, served).await;
         });
         Upstream {
             addr,
             site,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -80,17 +68,6 @@ impl Upstream {
     /// A pools-file line for this server.
     pub fn line(&self, extra: &str) -> String {
         format!("server {} {extra};", self.addr)
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
