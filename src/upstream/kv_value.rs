@@ -27,7 +27,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::server::{ServerSpec, DEFAULT_FAIL_TIMEOUT, DEFAULT_MAX_FAILS, DEFAULT_WEIGHT};
+use super::server::{
+    ServerSpec, DEFAULT_FAIL_TIMEOUT, DEFAULT_MAX_FAILS, DEFAULT_WEIGHT, MAX_FAIL_TIMEOUT,
+};
 use super::upsync_format::valid_build;
 use crate::config::duration;
 
@@ -200,11 +202,10 @@ fn fail_timeout(name: &str, v: &serde_json::Value) -> Result<Duration, String> {
     let err = || {
         format!("{name:?}: {v} is not a duration (seconds as a number, or a string like \"10s\")")
     };
-    // Anything longer than a day is a typo, and it keeps Duration arithmetic far from overflow.
-    // Whole milliseconds: the dump file (upsync's format) has no finer unit, so a finer value
+    // At most MAX_FAIL_TIMEOUT (a day). Whole milliseconds: the dump file (upsync's format) has no finer unit, so a finer value
     // would come back different after a restart.
     let secs = |f: f64| {
-        (f.is_finite() && (0.0..=86_400.0).contains(&f))
+        (f.is_finite() && (0.0..=MAX_FAIL_TIMEOUT.as_secs_f64()).contains(&f))
             .then(|| Duration::from_millis((f * 1000.0).round() as u64))
             .ok_or_else(err)
     };

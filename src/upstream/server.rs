@@ -15,6 +15,9 @@ use super::health::ServerHealth;
 pub const DEFAULT_WEIGHT: u32 = 1;
 pub const DEFAULT_MAX_FAILS: u32 = 2;
 pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `fail_timeout` any source accepts: longer is a typo, and it keeps the
+/// passive-failure window (milliseconds) and the dump's `…ms` far from overflow.
+pub const MAX_FAIL_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// A server's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

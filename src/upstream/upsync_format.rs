@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use super::server::ServerSpec;
+use super::server::{ServerSpec, MAX_FAIL_TIMEOUT};
 use crate::config::duration;
 
 /// A line that could not be used, with its 1-based number.
@@ -125,10 +125,6 @@ fn apply_param(spec: &mut ServerSpec, word: &str) -> Result<(), String> {
     }
     Ok(())
 }
-
-/// The longest `fail_timeout`, as for Consul values: longer is a typo, and it keeps the
-/// passive-failure window (milliseconds) and the dump's `…ms` far from overflow.
-pub const MAX_FAIL_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// nginx accepts `fail_timeout=10` as seconds; so do we, here only (upsync writes `10s`).
 fn fail_timeout(v: &str) -> Result<Duration, String> {
