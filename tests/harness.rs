@@ -48,3 +48,71 @@ async fn upstream_helper_serves_static_test_and_dies_on_drop() {
     let after = site.hits.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(after, served, "the upstream still serves after drop");
 }
+
+/// Raw HTTP/1.x exchange on a fresh connection: the status line nginx answers.
+fn raw_status(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().next().unwrap_or("").to_string()
+}
+
+#[test]
+fn nginx_helper_runs_a_real_nginx_that_is_strict_about_host_and_stops_on_drop() {
+    let nginx = common::nginx::Nginx::serve_dir(&common::static_dir("base"), "");
+    assert!(
+        raw_status(
+            nginx.addr,
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        .contains(" 200 "),
+        "{}",
+        nginx.error_log()
+    );
+    // What hyper tolerates and nginx does not (RFC 9112 section 3.2).
+    assert!(
+        raw_status(nginx.addr, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").contains(" 400 ")
+    );
+    // nginx's validators: ETag from mtime and size, 304 on a match.
+    let head = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(nginx.addr).unwrap();
+        s.write_all(b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("ETag: "))
+        .expect("nginx sends an ETag")
+        .to_string();
+    assert!(raw_status(
+        nginx.addr,
+        &format!("GET / HTTP/1.1\r\nHost: a\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n")
+    )
+    .contains(" 304 "));
+    let addr = nginx.addr;
+    drop(nginx);
+    common::eventually_sync(std::time::Duration::from_secs(5), "nginx to stop", || {
+        std::net::TcpStream::connect(addr).is_err().then_some(())
+    });
+}
+
+#[test]
+fn nginx_test_config_rejects_weight_zero_as_nginx_does() {
+    let ok = common::nginx::test_config("upstream u { server 127.0.0.1:1 weight=1 down; }");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = common::nginx::test_config("upstream u { server 127.0.0.1:1 weight=0; }");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid parameter \"weight=0\""));
+}

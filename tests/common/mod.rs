@@ -5,6 +5,7 @@
 pub mod consul;
 pub mod faulty;
 pub mod load;
+pub mod nginx;
 pub mod proc;
 pub mod redis;
 pub mod server_thread;
