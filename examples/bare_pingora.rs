@@ -1,0 +1,85 @@
+//! The floor graysplit builds on: a bare Pingora 0.9.1 HTTP proxy with the same Pingora features
+//! and allocator as graysplit, round robin over fixed upstreams, and nothing else (no gray
+//! decision, no pin, no health checks, no metrics, no access log, headers passed as they come).
+//! `bench/run` measures graysplit against it on the same upstreams: whatever graysplit costs above
+//! this is graysplit's own.
+//!
+//! ```text
+//! cargo build --release --example bare_pingora
+//! target/release/examples/bare_pingora --listen 127.0.0.1:6188 --threads 2 \
+//!     --upstream 127.0.0.1:8081 --upstream 127.0.0.1:8082
+//! ```
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use clap::Parser;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::{Error, ErrorType, Result};
+
+// The same allocator as graysplit (src/main.rs), so the comparison measures graysplit's code and
+// not an allocator choice.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6188")]
+    listen: String,
+    /// An upstream `ip:port`; repeat for several (round robin).
+    #[arg(long = "upstream", required = true)]
+    upstreams: Vec<String>,
+    /// Pingora worker threads of the proxy service.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Idle upstream connections kept, all threads together.
+    #[arg(long, default_value_t = 1024)]
+    keepalive_pool_size: usize,
+}
+
+struct Bare(Arc<LoadBalancer<RoundRobin>>);
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        let upstream = self
+            .0
+            .select(b"", 256)
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no upstream"))?;
+        Ok(Box::new(HttpPeer::new(upstream, false, String::new())))
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let conf = ServerConf {
+        threads: args.threads,
+        upstream_keepalive_pool_size: args.keepalive_pool_size,
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let lb = match LoadBalancer::try_from_iter(args.upstreams.iter().map(String::as_str)) {
+        Ok(lb) => lb,
+        Err(e) => {
+            eprintln!("bare_pingora: bad --upstream: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare(Arc::new(lb)));
+    proxy.add_tcp(&args.listen);
+    server.add_service(proxy);
+    server.run_forever();
+}
