@@ -41,6 +41,10 @@ struct Args {
     /// Idle upstream connections kept, all threads together.
     #[arg(long, default_value_t = 1024)]
     keepalive_pool_size: usize,
+    /// One single-threaded service per thread on shared sockets (graysplit's `src/per_core.rs`)
+    /// instead of Pingora's one service on a `threads`-thread runtime.
+    #[arg(long)]
+    per_core: bool,
 }
 
 struct Bare(Arc<LoadBalancer<RoundRobin>>);
@@ -64,7 +68,13 @@ fn main() {
     let args = Args::parse();
     let conf = ServerConf {
         threads: args.threads,
-        upstream_keepalive_pool_size: args.keepalive_pool_size,
+        upstream_keepalive_pool_size: if args.per_core {
+            args.keepalive_pool_size / args.threads.max(1)
+        } else {
+            args.keepalive_pool_size
+        },
+        // Per core: each service's runtime is one current-thread tokio runtime.
+        work_stealing: !args.per_core,
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod gray;
 pub mod lifecycle;
 pub mod metrics;
+pub mod per_core;
 pub mod pin;
 pub mod proxy;
 pub mod static_site;
