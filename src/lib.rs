@@ -6,6 +6,7 @@
 //! assembles them into a Pingora server; [`demo`] is the embedded default; [`static_site`] serves
 //! frontend builds for the demo and tests.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;

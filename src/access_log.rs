@@ -1,0 +1,630 @@
+//! The access log: one line per request, formatted on the worker thread into a small buffer and
+//! written by a background thread, so a slow disk or a full pipe never stalls a request.
+//!
+//! - **Formats** ([`Format`]): nginx's `combined`, the same plus graysplit's fields (`graysplit`,
+//!   the default: pool, build, server, reason, pin event, tries, request time, request id), or one
+//!   JSON object per line (`json`). Bytes outside printable ASCII, `"` and `\` are written as
+//!   `\xHH`, as nginx does, so a hostile header cannot forge a line.
+//! - **Bounded**: lines go through a bounded queue; when it is full (the writer cannot keep up)
+//!   the line is dropped and counted ([`AccessLog::dropped`], `graysplit_access_log_dropped_total`)
+//!   rather than blocking the request.
+//! - **Files**: appended to `path` (or standard error when none is set, where journald collects
+//!   it); reopened on `SIGUSR1` (nginx's `-s reopen`, what logrotate's `postrotate` sends) and, with
+//!   `max_size`, rotated by the writer itself (`path` → `path.1` → … `path.<keep>`).
+//!
+//! The writer batches: it takes every line queued, writes them in one `write`, and flushes
+//! within [`FLUSH_EVERY`] of the oldest unwritten line.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The most time a written line waits in the writer's buffer before it reaches the file.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// Line layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// nginx's `combined`: `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent
+    /// "$http_referer" "$http_user_agent"`.
+    Combined,
+    /// `combined` followed by graysplit's fields as `key=value`.
+    Graysplit,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "combined" => Some(Format::Combined),
+            "graysplit" => Some(Format::Graysplit),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Validated access-log settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    pub enabled: bool,
+    /// `None`: standard error.
+    pub path: Option<PathBuf>,
+    pub format: Format,
+    /// Lines queued for the writer before new ones are dropped.
+    pub queue: usize,
+    /// Rotate when the file grows past this many bytes (`None`: never; logrotate does it).
+    pub max_size: Option<u64>,
+    /// Rotated files kept (`path.1` … `path.<keep>`).
+    pub keep: u32,
+}
+
+impl Default for AccessLogSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: None,
+            format: Format::Graysplit,
+            queue: 65_536,
+            max_size: None,
+            keep: 5,
+        }
+    }
+}
+
+/// What one line says. Borrowed from the request; nothing here is allocated for the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// The client as the decision saw it (trusted proxies honoured), else the peer.
+    pub client: Option<IpAddr>,
+    pub time: SystemTime,
+    pub method: &'a str,
+    /// Path and query as requested.
+    pub uri: &'a str,
+    pub version: &'a str,
+    /// 0 when no response was sent (the client left).
+    pub status: u16,
+    pub body_bytes: usize,
+    pub referer: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
+    pub pool: &'a str,
+    pub build: &'a str,
+    pub server: &'a str,
+    pub reason: &'a str,
+    pub pin: &'a str,
+    pub tries: usize,
+    pub request_time: Duration,
+    pub request_id: Option<&'a str>,
+}
+
+/// Appends `e` as one line (with its `\n`) to `out`.
+pub fn format(e: &Entry<'_>, fmt: Format, out: &mut Vec<u8>) {
+    match fmt {
+        Format::Combined | Format::Graysplit => {
+            match e.client {
+                Some(ip) => {
+                    let _ = write!(out, "{ip}");
+                }
+                None => out.push(b'-'),
+            }
+            out.extend_from_slice(b" - - [");
+            clf_time(e.time, out);
+            out.extend_from_slice(b"] \"");
+            escaped(e.method.as_bytes(), out);
+            out.push(b' ');
+            escaped(e.uri.as_bytes(), out);
+            out.push(b' ');
+            escaped(e.version.as_bytes(), out);
+            out.extend_from_slice(b"\" ");
+            number(u64::from(e.status), out);
+            out.push(b' ');
+            number(e.body_bytes as u64, out);
+            out.extend_from_slice(b" \"");
+            escaped(e.referer.unwrap_or(b"-"), out);
+            out.extend_from_slice(b"\" \"");
+            escaped(e.user_agent.unwrap_or(b"-"), out);
+            out.push(b'"');
+            if fmt == Format::Graysplit {
+                for (k, v) in [
+                    (" pool=", e.pool),
+                    (" build=", e.build),
+                    (" server=", e.server),
+                    (" reason=", e.reason),
+                    (" pin=", e.pin),
+                ] {
+                    out.extend_from_slice(k.as_bytes());
+                    escaped(v.as_bytes(), out);
+                }
+                out.extend_from_slice(b" tries=");
+                number(e.tries as u64, out);
+                out.extend_from_slice(b" rt=");
+                seconds(e.request_time, out);
+                out.extend_from_slice(b" id=");
+                escaped(e.request_id.unwrap_or("-").as_bytes(), out);
+            }
+        }
+        Format::Json => {
+            out.extend_from_slice(b"{\"time\":\"");
+            iso_time(e.time, out);
+            out.extend_from_slice(b"\",\"client\":");
+            match e.client {
+                Some(ip) => {
+                    let _ = write!(out, "\"{ip}\"");
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+            for (k, v) in [
+                ("method", Some(e.method.as_bytes())),
+                ("uri", Some(e.uri.as_bytes())),
+                ("protocol", Some(e.version.as_bytes())),
+            ] {
+                json_field(k, v, out);
+            }
+            out.extend_from_slice(b",\"status\":");
+            number(u64::from(e.status), out);
+            out.extend_from_slice(b",\"body_bytes\":");
+            number(e.body_bytes as u64, out);
+            json_field("referer", e.referer, out);
+            json_field("user_agent", e.user_agent, out);
+            for (k, v) in [
+                ("pool", e.pool),
+                ("build", e.build),
+                ("server", e.server),
+                ("reason", e.reason),
+                ("pin", e.pin),
+            ] {
+                json_field(k, Some(v.as_bytes()), out);
+            }
+            out.extend_from_slice(b",\"tries\":");
+            number(e.tries as u64, out);
+            out.extend_from_slice(b",\"request_time\":");
+            seconds(e.request_time, out);
+            json_field("request_id", e.request_id.map(str::as_bytes), out);
+            out.push(b'}');
+        }
+    }
+    out.push(b'\n');
+}
+
+fn number(n: u64, out: &mut Vec<u8>) {
+    let mut buf = itoa::Buffer::new();
+    out.extend_from_slice(buf.format(n).as_bytes());
+}
+
+/// Seconds with millisecond resolution, as nginx's `$request_time` (`0.003`).
+fn seconds(d: Duration, out: &mut Vec<u8>) {
+    let ms = d.as_millis();
+    number((ms / 1000) as u64, out);
+    out.push(b'.');
+    let frac = (ms % 1000) as u16;
+    out.extend_from_slice(&[
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+/// nginx's escaping for log variables: printable ASCII except `"` and `\` as is, the rest `\xHH`.
+fn escaped(bytes: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in bytes {
+        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+        }
+    }
+}
+
+/// `,"key":"value"` with JSON escaping (bytes outside printable ASCII as `\u00HH`), or
+/// `,"key":null`.
+fn json_field(key: &str, value: Option<&[u8]>, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    let Some(value) = value else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    out.push(b'"');
+    for &b in value {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => out.push(b),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]),
+        }
+    }
+    out.push(b'"');
+}
+
+/// Civil date (UTC) of a Unix time: (year, month 1-12, day, hour, minute, second).
+fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32) {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days-from-civil inverse (public domain algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        month,
+        day,
+        (rem / 3600) as u32,
+        (rem / 60 % 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+fn two(n: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]);
+}
+
+/// `01/Dec/2026:19:14:22 +0000` (nginx's `$time_local`, in UTC: no time zone lookup per line).
+fn clf_time(t: SystemTime, out: &mut Vec<u8>) {
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let (y, mo, d, h, mi, s) = civil(t);
+    two(d, out);
+    out.push(b'/');
+    out.extend_from_slice(MONTHS[(mo as usize).saturating_sub(1).min(11)]);
+    out.push(b'/');
+    number(y.max(0) as u64, out);
+    out.push(b':');
+    two(h, out);
+    out.push(b':');
+    two(mi, out);
+    out.push(b':');
+    two(s, out);
+    out.extend_from_slice(b" +0000");
+}
+
+/// `2026-12-01T19:14:22.123Z`.
+fn iso_time(t: SystemTime, out: &mut Vec<u8>) {
+    let (y, mo, d, h, mi, s) = civil(t);
+    number(y.max(0) as u64, out);
+    out.push(b'-');
+    two(mo, out);
+    out.push(b'-');
+    two(d, out);
+    out.push(b'T');
+    two(h, out);
+    out.push(b':');
+    two(mi, out);
+    out.push(b':');
+    two(s, out);
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
+    out.push(b'.');
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+    ]);
+    out.push(b'Z');
+}
+
+/// The running access log: a handle for the request path and a background writer thread.
+pub struct AccessLog {
+    pub settings: AccessLogSettings,
+    tx: SyncSender<Vec<u8>>,
+    dropped: AtomicU64,
+    reopen: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("settings", &self.settings)
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl AccessLog {
+    /// Opens the destination and starts the writer thread.
+    pub fn start(settings: AccessLogSettings) -> io::Result<Arc<AccessLog>> {
+        let sink = Sink::open(&settings)?;
+        let (tx, rx) = mpsc::sync_channel(settings.queue.max(1));
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = reopen.clone();
+        std::thread::Builder::new()
+            .name("access log".into())
+            .spawn(move || writer(rx, sink, flag))?;
+        Ok(Arc::new(AccessLog {
+            settings,
+            tx,
+            dropped: AtomicU64::new(0),
+            reopen,
+        }))
+    }
+
+    /// Formats `e` and queues it; never blocks (a full queue drops the line and counts it).
+    pub fn log(&self, e: &Entry<'_>) {
+        let mut line = Vec::with_capacity(256);
+        format(e, self.settings.format, &mut line);
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lines dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Asks the writer to reopen the file (after logrotate moved it): `SIGUSR1`.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Where lines go.
+enum Sink {
+    Stderr,
+    File {
+        file: File,
+        path: PathBuf,
+        size: u64,
+        max_size: Option<u64>,
+        keep: u32,
+    },
+}
+
+impl Sink {
+    fn open(s: &AccessLogSettings) -> io::Result<Sink> {
+        let Some(path) = &s.path else {
+            return Ok(Sink::Stderr);
+        };
+        let file = open_append(path)?;
+        let size = file.metadata().map_or(0, |m| m.len());
+        Ok(Sink::File {
+            file,
+            path: path.clone(),
+            size,
+            max_size: s.max_size,
+            keep: s.keep,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let result = match self {
+            Sink::Stderr => io::stderr().lock().write_all(bytes),
+            Sink::File {
+                file,
+                size,
+                max_size,
+                ..
+            } => {
+                let r = file.write_all(bytes);
+                *size += bytes.len() as u64;
+                if max_size.is_some_and(|max| *size >= max) {
+                    self.rotate();
+                }
+                r
+            }
+        };
+        if let Err(e) = result {
+            log::warn!("access log: write failed: {e}");
+        }
+    }
+
+    /// Moves `path` to `path.1` (and older ones up to `keep`), then opens a new `path`.
+    fn rotate(&mut self) {
+        let Sink::File { path, keep, .. } = self else {
+            return;
+        };
+        let numbered = |n: u32| {
+            let mut p = path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        };
+        if *keep == 0 {
+            let _ = std::fs::remove_file(&*path);
+        } else {
+            for n in (1..*keep).rev() {
+                let _ = std::fs::rename(numbered(n), numbered(n + 1));
+            }
+            let _ = std::fs::rename(&*path, numbered(1));
+        }
+        self.reopen();
+    }
+
+    fn reopen(&mut self) {
+        let Sink::File {
+            file, path, size, ..
+        } = self
+        else {
+            return;
+        };
+        match open_append(path) {
+            Ok(f) => {
+                *size = f.metadata().map_or(0, |m| m.len());
+                *file = f;
+            }
+            Err(e) => log::warn!("access log: cannot reopen {}: {e}", path.display()),
+        }
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn writer(rx: Receiver<Vec<u8>>, mut sink: Sink, reopen: Arc<AtomicBool>) {
+    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        let first = match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(line) => Some(line),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if reopen.swap(false, Ordering::Relaxed) {
+            sink.reopen();
+        }
+        let Some(first) = first else { continue };
+        batch.extend_from_slice(&first);
+        // Everything already queued goes out in the same write.
+        while batch.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(line) => batch.extend_from_slice(&line),
+                Err(_) => break,
+            }
+        }
+        sink.write(&batch);
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            client: Some(IpAddr::from([10, 1, 2, 3])),
+            // 2026-12-01T19:14:22.123Z
+            time: UNIX_EPOCH + Duration::from_millis(1_796_152_462_123),
+            method: "GET",
+            uri: "/assets/app.js?v=1",
+            version: "HTTP/1.1",
+            status: 200,
+            body_bytes: 579,
+            referer: Some(b"http://example.com/"),
+            user_agent: Some(b"Mozilla/5.0 \"evil\"\n"),
+            pool: "gray",
+            build: "gray-2026.11.2",
+            server: "10.0.0.2:8080",
+            reason: "sticky",
+            pin: "-",
+            tries: 1,
+            request_time: Duration::from_millis(3),
+            request_id: Some("abc"),
+        }
+    }
+
+    #[test]
+    fn combined_is_nginx_combined_with_nginx_escaping() {
+        let mut out = Vec::new();
+        format(&entry(), Format::Combined, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "10.1.2.3 - - [01/Dec/2026:19:14:22 +0000] \"GET /assets/app.js?v=1 HTTP/1.1\" 200 \
+             579 \"http://example.com/\" \"Mozilla/5.0 \\x22evil\\x22\\x0A\"\n"
+        );
+    }
+
+    #[test]
+    fn graysplit_format_adds_the_decision() {
+        let mut out = Vec::new();
+        format(&entry(), Format::Graysplit, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.ends_with(
+                "\" pool=gray build=gray-2026.11.2 server=10.0.0.2:8080 reason=sticky pin=- \
+                 tries=1 rt=0.003 id=abc\n"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn json_is_one_valid_object_per_line() {
+        let mut out = Vec::new();
+        let mut e = entry();
+        e.referer = None;
+        format(&e, Format::Json, &mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["time"], "2026-12-01T19:14:22.123Z");
+        assert_eq!(v["client"], "10.1.2.3");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["referer"], serde_json::Value::Null);
+        assert_eq!(v["user_agent"], "Mozilla/5.0 \"evil\"\n");
+        assert_eq!(v["request_time"], 0.003);
+    }
+
+    #[test]
+    fn civil_dates_across_leap_years_and_epoch() {
+        let at = |s: u64| civil(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), (1970, 1, 1, 0, 0, 0));
+        // 2024-02-29T12:00:00Z and 2000-03-01T00:00:00Z
+        assert_eq!(at(1_709_208_000), (2024, 2, 29, 12, 0, 0));
+        assert_eq!(at(951_868_800), (2000, 3, 1, 0, 0, 0));
+    }
+
+    #[test]
+    fn the_writer_appends_reopens_and_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::start(AccessLogSettings {
+            path: Some(path.clone()),
+            max_size: Some(2_000),
+            keep: 2,
+            ..AccessLogSettings::default()
+        })
+        .unwrap();
+        for _ in 0..30 {
+            log.log(&entry());
+        }
+        let lines = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map(|s| s.lines().count())
+                .unwrap_or(0)
+        };
+        let rotated = path.with_extension("log.1");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lines(&path) + lines(&rotated) + lines(&path.with_extension("log.2")) < 30 {
+            assert!(std::time::Instant::now() < deadline, "lines never written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(lines(&rotated) > 0, "max_size rotated the file");
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let log = AccessLog {
+            settings: AccessLogSettings::default(),
+            tx,
+            dropped: AtomicU64::new(0),
+            reopen: Arc::new(AtomicBool::new(false)),
+        };
+        for _ in 0..5 {
+            log.log(&entry());
+        }
+        assert_eq!(log.dropped(), 4, "one line fits, four are dropped");
+    }
+}
