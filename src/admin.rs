@@ -72,12 +72,11 @@ impl AdminApp {
             ));
             for s in &snap.servers {
                 out.push_str("        ");
-                out.push_str(&upsync_format::render_line(&s.spec));
-                if let Some(mark) = health_mark(s) {
-                    // Inside the line's comment, which may already hold `build=...`.
-                    out.push_str(if out.ends_with(';') { " # " } else { " " });
-                    out.push_str(mark);
-                }
+                let marks: &[&str] = match health_mark(s) {
+                    Some(mark) => &[mark],
+                    None => &[],
+                };
+                out.push_str(&upsync_format::render_line_marked(&s.spec, marks));
                 out.push('\n');
             }
             out.push('\n');

@@ -9,6 +9,7 @@ pub mod kv_value;
 pub mod pool;
 pub mod probe;
 pub mod server;
+pub mod upsync_comment;
 pub mod upsync_format;
 
 use std::collections::BTreeMap;
