@@ -5,6 +5,7 @@ pub mod consul;
 pub mod dump;
 pub mod file_source;
 pub mod health;
+pub mod in_flight;
 pub mod kv_value;
 pub mod pool;
 pub mod probe;

@@ -70,9 +70,12 @@ pub fn parse(comment: &str) -> Result<Notes, String> {
         match word.split_once('=') {
             Some(("weight", "0")) => notes.drained = true,
             Some(("fail_timeout", v)) => {
-                let d = duration::parse(v).map_err(|rule| format!("{MARKER} fail_timeout={v}: {rule}"))?;
+                let d = duration::parse(v)
+                    .map_err(|rule| format!("{MARKER} fail_timeout={v}: {rule}"))?;
                 if d > MAX_FAIL_TIMEOUT {
-                    return Err(format!("{MARKER} fail_timeout={v}: must be at most 1d (86400s)"));
+                    return Err(format!(
+                        "{MARKER} fail_timeout={v}: must be at most 1d (86400s)"
+                    ));
                 }
                 notes.fail_timeout = Some(d);
             }
@@ -138,7 +141,11 @@ pub fn render(spec: &ServerSpec, marks: &[&str]) -> String {
         }
     }
     if spec.fail_timeout.subsec_nanos() != 0 {
-        let _ = write!(ours, " fail_timeout={}", duration::format(spec.fail_timeout));
+        let _ = write!(
+            ours,
+            " fail_timeout={}",
+            duration::format(spec.fail_timeout)
+        );
     }
     if !ours.is_empty() {
         words.push(format!("{MARKER}{ours}"));
@@ -169,7 +176,10 @@ mod tests {
         let mut s = spec();
         s.weight = 0;
         s.build = Some("b1".into());
-        assert_eq!(nginx_params(&s), "weight=1 max_fails=2 fail_timeout=10s down");
+        assert_eq!(
+            nginx_params(&s),
+            "weight=1 max_fails=2 fail_timeout=10s down"
+        );
         assert_eq!(render(&s, &[]), " # build=b1 graysplit: weight=0");
         let notes = parse("build=b1 graysplit: weight=0").unwrap();
         let mut back = spec();
@@ -180,7 +190,10 @@ mod tests {
         assert_eq!(render(&s, &[]), " # build=b1 graysplit: weight=0 down");
         let mut back = spec();
         back.down = true;
-        apply(&parse("build=b1 graysplit: weight=0 down").unwrap(), &mut back);
+        apply(
+            &parse("build=b1 graysplit: weight=0 down").unwrap(),
+            &mut back,
+        );
         assert_eq!(back, s, "drained and down");
     }
 
@@ -201,7 +214,10 @@ mod tests {
     fn marks_come_before_our_values_and_human_notes_are_ignored() {
         let mut s = spec();
         s.weight = 0;
-        assert_eq!(render(&s, &["unhealthy"]), " # unhealthy graysplit: weight=0");
+        assert_eq!(
+            render(&s, &["unhealthy"]),
+            " # unhealthy graysplit: weight=0"
+        );
         let n = parse("taken down for maintenance, weight=0 next week").unwrap();
         assert_eq!(n, Notes::default(), "words before the marker are notes");
         let n = parse("graysplit: placeholder and some words").unwrap();

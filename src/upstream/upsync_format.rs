@@ -288,7 +288,10 @@ mod tests {
 
     #[test]
     fn a_pool_without_a_primary_gets_a_placeholder_that_reads_back_as_nothing() {
-        assert_eq!(render(&[]), format!("{}\n", upsync_comment::PLACEHOLDER_LINE));
+        assert_eq!(
+            render(&[]),
+            format!("{}\n", upsync_comment::PLACEHOLDER_LINE)
+        );
         assert_eq!(parse(&render(&[])), Parsed::default());
         let mut b = ServerSpec::new("10.0.0.1:80".parse().unwrap(), "10.0.0.1:80");
         b.backup = true;
@@ -298,7 +301,10 @@ mod tests {
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         assert_eq!(p.servers, vec![b.clone()]);
         b.backup = false;
-        assert!(!render(&[b]).contains("placeholder"), "a primary: no placeholder");
+        assert!(
+            !render(&[b]).contains("placeholder"),
+            "a primary: no placeholder"
+        );
     }
 
     #[test]
@@ -559,10 +565,13 @@ mod fuzz_tests {
         prop_assert!(body.ends_with(';'), "{}", line);
         for word in body.trim_end_matches(';').split_whitespace().skip(2) {
             match word.split_once('=') {
-                Some(("weight", v)) => prop_assert!(v.parse::<u32>().is_ok_and(|w| w >= 1), "{}", line),
+                Some(("weight", v)) => {
+                    prop_assert!(v.parse::<u32>().is_ok_and(|w| w >= 1), "{}", line)
+                }
                 Some(("max_fails", v)) => prop_assert!(v.parse::<u32>().is_ok(), "{}", line),
                 Some(("fail_timeout", v)) => prop_assert!(
-                    v.strip_suffix('s').is_some_and(|n| n.parse::<u64>().is_ok()),
+                    v.strip_suffix('s')
+                        .is_some_and(|n| n.parse::<u64>().is_ok()),
                     "{}",
                     line
                 ),
