@@ -154,35 +154,39 @@ impl AdminApp {
         }
         let (rows, generation) = status_page::rows(&self.pools, q.filter);
         let body = match q.format {
-            Format::Json => {
-                let mut v = status_page::json(&rows, generation);
-                self.add_state(&mut v);
-                v.to_string() + "\n"
-            }
+            Format::Json => status_page::json_text(&rows, generation, &self.state()),
             other => status_page::render(&rows, generation, other),
         };
         with_type(plain(StatusCode::OK, body), q.format.content_type())
     }
 
-    /// What the dashboard shows beside the check module's rows.
-    fn add_state(&self, v: &mut serde_json::Value) {
+    /// What the JSON page carries beside the check module's rows (what the dashboard shows).
+    fn state(&self) -> Vec<(&'static str, serde_json::Value)> {
         self.metrics.refresh(&self.pools);
         let sw = self.gray.switches();
-        v["consul"] = self.consul.to_json();
-        v["pools"] = pools_json(&self.pools);
-        v["switches"] = serde_json::json!({
-            "enabled": sw.enabled,
-            "all": sw.all,
-            "percent": f64::from(sw.percent_bp) / 100.0,
-            "source": self.gray.switches_source(),
-        });
-        v["requests"] = serde_json::json!(self.metrics.request_totals());
-        v["pins"] = self.metrics.pins_json();
-        v["process"] = serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "uptime_seconds": self.started.elapsed().as_secs(),
-        });
+        vec![
+            ("consul", self.consul.to_json()),
+            ("pools", pools_json(&self.pools)),
+            (
+                "switches",
+                serde_json::json!({
+                    "enabled": sw.enabled,
+                    "all": sw.all,
+                    "percent": f64::from(sw.percent_bp) / 100.0,
+                    "source": self.gray.switches_source(),
+                }),
+            ),
+            ("requests", serde_json::json!(self.metrics.request_totals())),
+            ("pins", self.metrics.pins_json()),
+            (
+                "process",
+                serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "pid": std::process::id(),
+                    "uptime_seconds": self.started.elapsed().as_secs(),
+                }),
+            ),
+        ]
     }
 
     /// `/metrics`: Prometheus text, with per-server gauges and Consul state read now.

@@ -136,7 +136,7 @@ pub fn render(rows: &[Row], generation: u64, format: Format) -> String {
     match format {
         Format::Html => html(rows, generation),
         Format::Csv => csv(rows),
-        Format::Json => json(rows, generation).to_string() + "\n",
+        Format::Json => json_text(rows, generation, &[]),
         Format::Prometheus => prometheus(rows, generation),
     }
 }
@@ -228,6 +228,43 @@ pub fn json(rows: &[Row], generation: u64) -> serde_json::Value {
         "generation": generation,
         "server": servers,
     }})
+}
+
+/// The JSON page laid out as the module writes it — one line per server, `"key": value` — so
+/// line-based scripts (`grep '"status": "down"' | wc -l`) keep working; every value goes through
+/// serde, so the text is valid JSON whatever the filter and the names. `extras` follow
+/// `servers` as further top-level keys.
+pub fn json_text(rows: &[Row], generation: u64, extras: &[(&str, serde_json::Value)]) -> String {
+    let text = |v: &str| serde_json::Value::from(v).to_string();
+    let up = rows.iter().filter(|r| r.up).count();
+    let mut out = format!(
+        "{{\"servers\": {{\n  \"total\": {},\n  \"up\": {up},\n  \"down\": {},\n  \
+         \"generation\": {generation},\n  \"server\": [\n",
+        rows.len(),
+        rows.len() - up
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "    {{\"index\": {}, \"upstream\": {}, \"name\": {}, \"status\": \"{}\", \
+             \"rise\": {}, \"fall\": {}, \"type\": \"{}\", \"port\": {}}}{}",
+            r.index,
+            text(&r.upstream),
+            text(&r.name),
+            status_word(r.up),
+            r.rise,
+            r.fall,
+            r.kind,
+            r.port,
+            if i + 1 < rows.len() { "," } else { "" }
+        );
+    }
+    out.push_str("  ]\n}");
+    for (key, value) in extras {
+        let _ = write!(out, ",\n{}: {value}", text(key));
+    }
+    out.push_str("}\n");
+    out
 }
 
 /// The module's prometheus page: server counts, then each server's rise and fall counts and
@@ -469,6 +506,28 @@ mod tests {
         assert_eq!(v["servers"]["server"][0]["status"], "down");
         let (up, g) = rows(&p, Filter::Up);
         assert_eq!(json(&up, g)["servers"]["total"], 3);
+    }
+
+    #[test]
+    fn json_text_is_the_modules_layout_and_valid_json_for_every_filter() {
+        let p = pools();
+        for filter in [Filter::All, Filter::Up, Filter::Down] {
+            let (r, g) = rows(&p, filter);
+            let text = json_text(&r, g, &[("pools", json!({"a": [1, "x\"y"]}))]);
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let mut want = json(&r, g);
+            want["pools"] = json!({"a": [1, "x\"y"]});
+            assert_eq!(v, want, "{text}");
+        }
+        let (all, g) = rows(&p, Filter::All);
+        let text = json_text(&all, g, &[]);
+        assert!(text.starts_with("{\"servers\": {\n  \"total\": 4,\n  \"up\": 3,\n"), "{text}");
+        assert_eq!(text.lines().filter(|l| l.contains("\"status\": \"down\"")).count(), 1);
+        assert!(text.contains(
+            "    {\"index\": 2, \"upstream\": \"base\", \"name\": \"127.0.0.1:3\", \
+             \"status\": \"down\", \"rise\": 0, \"fall\": 0, \"type\": \"http\", \"port\": 0},\n"
+        ), "{text}");
+        assert!(text.ends_with("  ]\n}}\n"), "{text}");
     }
 
     #[test]
