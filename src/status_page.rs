@@ -514,19 +514,31 @@ mod tests {
         for filter in [Filter::All, Filter::Up, Filter::Down] {
             let (r, g) = rows(&p, filter);
             let text = json_text(&r, g, &[("pools", json!({"a": [1, "x\"y"]}))]);
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let v: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
             let mut want = json(&r, g);
             want["pools"] = json!({"a": [1, "x\"y"]});
             assert_eq!(v, want, "{text}");
         }
         let (all, g) = rows(&p, Filter::All);
         let text = json_text(&all, g, &[]);
-        assert!(text.starts_with("{\"servers\": {\n  \"total\": 4,\n  \"up\": 3,\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.contains("\"status\": \"down\"")).count(), 1);
-        assert!(text.contains(
-            "    {\"index\": 2, \"upstream\": \"base\", \"name\": \"127.0.0.1:3\", \
+        assert!(
+            text.starts_with("{\"servers\": {\n  \"total\": 4,\n  \"up\": 3,\n"),
+            "{text}"
+        );
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.contains("\"status\": \"down\""))
+                .count(),
+            1
+        );
+        assert!(
+            text.contains(
+                "    {\"index\": 2, \"upstream\": \"base\", \"name\": \"127.0.0.1:3\", \
              \"status\": \"down\", \"rise\": 0, \"fall\": 0, \"type\": \"http\", \"port\": 0},\n"
-        ), "{text}");
+            ),
+            "{text}"
+        );
         assert!(text.ends_with("  ]\n}}\n"), "{text}");
     }
 

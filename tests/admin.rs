@@ -23,7 +23,14 @@ fn sample(text: &str, series: &str) -> f64 {
 }
 
 async fn text(url: &str) -> String {
-    client().get(url).send().await.unwrap().text().await.unwrap()
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 #[test]
@@ -49,7 +56,11 @@ fn t_refuses_an_admin_listener_off_loopback_without_a_token() {
         .env("GRAYSPLIT_ADMIN_TOKEN", TOKEN)
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let short = std::process::Command::new(proc::BIN)
         .args(["-t", "-c", conf])
         .env("GRAYSPLIT_ADMIN_TOKEN", "hunter2")
@@ -57,7 +68,10 @@ fn t_refuses_an_admin_listener_off_loopback_without_a_token() {
         .unwrap();
     let err = String::from_utf8_lossy(&short.stderr);
     assert_eq!(short.status.code(), Some(2));
-    assert!(err.contains("GRAYSPLIT_ADMIN_TOKEN: must be at least 16"), "{err}");
+    assert!(
+        err.contains("GRAYSPLIT_ADMIN_TOKEN: must be at least 16"),
+        "{err}"
+    );
     assert!(!err.contains("hunter2"), "the secret is never shown: {err}");
 }
 
@@ -75,7 +89,11 @@ async fn the_token_guards_the_admin_listener_but_not_health_and_readiness() {
         &[("base.conf", &format!("{}\n", a.line("")))],
     );
     let c = client();
-    let denied = c.get(g.admin_url("/status?format=json")).send().await.unwrap();
+    let denied = c
+        .get(g.admin_url("/status?format=json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(denied.status(), 401);
     let challenges: Vec<String> = denied
         .headers()
@@ -83,14 +101,36 @@ async fn the_token_guards_the_admin_listener_but_not_health_and_readiness() {
         .iter()
         .map(|v| v.to_str().unwrap().to_string())
         .collect();
-    assert!(challenges.iter().any(|c| c.starts_with("Basic ")), "{challenges:?}");
-    assert!(challenges.iter().any(|c| c.starts_with("Bearer ")), "{challenges:?}");
-    for path in ["/", "/metrics", "/upstream_list", "/decide?ip=10.0.0.1", "/upstream_status"] {
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Basic ")),
+        "{challenges:?}"
+    );
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Bearer ")),
+        "{challenges:?}"
+    );
+    for path in [
+        "/",
+        "/metrics",
+        "/upstream_list",
+        "/decide?ip=10.0.0.1",
+        "/upstream_status",
+    ] {
         let r = c.get(g.admin_url(path)).send().await.unwrap();
         assert_eq!(r.status(), 401, "{path}");
-        let r = c.get(g.admin_url(path)).bearer_auth("not-the-token-0000000").send().await.unwrap();
+        let r = c
+            .get(g.admin_url(path))
+            .bearer_auth("not-the-token-0000000")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "{path} with a wrong token");
-        let r = c.get(g.admin_url(path)).bearer_auth(TOKEN).send().await.unwrap();
+        let r = c
+            .get(g.admin_url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path} with the token");
     }
     // A browser's login prompt: HTTP Basic, the token as password.
@@ -121,7 +161,10 @@ async fn readyz_says_whether_base_can_take_a_request() {
         &[("base.conf", &format!("{}\n", a.line("")))],
     );
     let c = client();
-    assert_eq!(c.get(g.admin_url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(g.admin_url("/readyz")).send().await.unwrap().status(),
+        200
+    );
     a.set_healthy(false);
     eventually(Duration::from_secs(5), "readyz to turn 503", || async {
         let r = c.get(g.admin_url("/readyz")).send().await.ok()?;
@@ -133,7 +176,11 @@ async fn readyz_says_whether_base_can_take_a_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_deploy_is_compared_build_against_build_with_bounded_labels() {
     // One pool, two builds: the new one (v2) answers its health path with 503.
-    let (old, new, next) = (Upstream::start("base"), Upstream::start("base"), Upstream::start("base"));
+    let (old, new, next) = (
+        Upstream::start("base"),
+        Upstream::start("base"),
+        Upstream::start("base"),
+    );
     new.set_healthy(false);
     let pools = |a: &Upstream, a_build: &str, b: &Upstream, b_build: &str| {
         format!(
@@ -167,7 +214,12 @@ async fn a_rolling_deploy_is_compared_build_against_build_with_bounded_labels() 
     assert_eq!((req("v1", "2xx"), req("v1", "5xx")), (7.0, 0.0), "{m}");
     assert_eq!((req("v2", "2xx"), req("v2", "5xx")), (2.0, 5.0), "{m}");
     let latency = |build: &str| {
-        sample(&m, &format!("graysplit_upstream_response_seconds_count{{build=\"{build}\",pool=\"base\"}}"))
+        sample(
+            &m,
+            &format!(
+                "graysplit_upstream_response_seconds_count{{build=\"{build}\",pool=\"base\"}}"
+            ),
+        )
     };
     assert_eq!((latency("v1"), latency("v2")), (7.0, 7.0));
     let failures = sample(
@@ -201,7 +253,10 @@ async fn a_rolling_deploy_is_compared_build_against_build_with_bounded_labels() 
     let _ = r.bytes().await;
     let m = text(&g.admin_url("/metrics")).await;
     assert!(!m.contains("build=\"v1\""), "{m}");
-    assert!(m.contains("build=\"v2\"") && m.contains("build=\"v3\""), "{m}");
+    assert!(
+        m.contains("build=\"v2\"") && m.contains("build=\"v3\""),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,17 +279,28 @@ async fn in_flight_counts_the_requests_a_server_holds_and_drops_when_they_end() 
             tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) })
         })
         .collect();
-    let in_flight = |s: &serde_json::Value, pool: &str| s["pools"][pool]["servers"][0]["in_flight"].clone();
-    eventually(Duration::from_secs(5), "three requests in flight", || async {
-        let s = get_json(g.admin_url("/status?format=json")).await;
-        (in_flight(&s, "hold") == 3).then_some(())
-    })
+    let in_flight =
+        |s: &serde_json::Value, pool: &str| s["pools"][pool]["servers"][0]["in_flight"].clone();
+    eventually(
+        Duration::from_secs(5),
+        "three requests in flight",
+        || async {
+            let s = get_json(g.admin_url("/status?format=json")).await;
+            (in_flight(&s, "hold") == 3).then_some(())
+        },
+    )
     .await;
     let s = get_json(g.admin_url("/status?format=json")).await;
     assert_eq!(in_flight(&s, "base"), 0);
     let m = text(&g.admin_url("/metrics")).await;
     assert_eq!(
-        sample(&m, &format!("graysplit_server_in_flight{{pool=\"hold\",server=\"{}\"}}", hold.addr)),
+        sample(
+            &m,
+            &format!(
+                "graysplit_server_in_flight{{pool=\"hold\",server=\"{}\"}}",
+                hold.addr
+            )
+        ),
         3.0
     );
     // The server never answers: each request ends at read_timeout (504), and the count with it.

@@ -33,7 +33,8 @@ fn assert_nginx_accepts(http_body: &str) {
 fn every_value() -> Vec<ServerSpec> {
     let weights = [0, 1, 2, 100, u32::MAX];
     let max_fails = [0, 1, 2, u32::MAX];
-    let fail_timeouts = [0, 1, 999, 1000, 1500, 10_000, 90_000, 86_400_000].map(Duration::from_millis);
+    let fail_timeouts =
+        [0, 1, 999, 1000, 1500, 10_000, 90_000, 86_400_000].map(Duration::from_millis);
     let builds = [None, Some("2026.11.2-rc_1")];
     let mut out = Vec::new();
     let mut port = 1000u16;
@@ -87,8 +88,19 @@ fn every_value_graysplit_accepts_makes_a_dump_nginx_includes_and_graysplit_reads
     let pools: Vec<(&str, Vec<ServerSpec>)> = vec![
         ("all", specs.clone()),
         ("empty", vec![]),
-        ("backups_only", specs.iter().filter(|s| s.backup).take(3).cloned().collect()),
-        ("down_only", specs.iter().filter(|s| s.down && !s.backup).take(3).cloned().collect()),
+        (
+            "backups_only",
+            specs.iter().filter(|s| s.backup).take(3).cloned().collect(),
+        ),
+        (
+            "down_only",
+            specs
+                .iter()
+                .filter(|s| s.down && !s.backup)
+                .take(3)
+                .cloned()
+                .collect(),
+        ),
         ("one_drained", vec![drained]),
     ];
     let mut body = String::new();
@@ -111,7 +123,10 @@ fn every_value_graysplit_accepts_makes_a_dump_nginx_includes_and_graysplit_reads
 
 /// The Consul keys of the drain scenario: `a` serves, `b` is being drained, `c` is a down backup.
 fn put_pool(consul: &ConsulStandIn, a: SocketAddr, b: SocketAddr, c: SocketAddr) {
-    consul.put(&format!("upstreams/base/{a}"), r#"{"weight":2,"build":"v1"}"#);
+    consul.put(
+        &format!("upstreams/base/{a}"),
+        r#"{"weight":2,"build":"v1"}"#,
+    );
     consul.put(
         &format!("upstreams/base/{b}"),
         r#"{"weight":0,"build":"v2","fail_timeout":"1500ms"}"#,
@@ -180,11 +195,22 @@ async fn a_dump_taken_during_a_drain_rolls_back_to_nginx_and_reloads_drained() {
             .expect("through nginx");
         assert_eq!(r.status(), 200, "{}", proxy.error_log());
     }
-    assert_eq!(a.hits() - a_before, 10, "nginx sends everything to the live server");
-    assert_eq!(b.hits() - b_before, 0, "the drained server is down for nginx");
+    assert_eq!(
+        a.hits() - a_before,
+        10,
+        "nginx sends everything to the live server"
+    );
+    assert_eq!(
+        b.hits() - b_before,
+        0,
+        "the drained server is down for nginx"
+    );
 
     // graysplit restarted from the dump while Consul is gone: the drain is still a drain.
-    let dumps = [("base.dump", base_dump.as_str()), ("gray.dump", gray_dump.as_str())];
+    let dumps = [
+        ("base.dump", base_dump.as_str()),
+        ("gray.dump", gray_dump.as_str()),
+    ];
     let dead_consul = free_addr();
     drop(g);
     drop(consul);
@@ -200,21 +226,43 @@ async fn a_dump_taken_during_a_drain_rolls_back_to_nginx_and_reloads_drained() {
     };
     let drained = by_name(b.addr);
     assert_eq!(
-        (&drained["weight"], &drained["down"], &drained["draining"], &drained["fail_timeout"]),
-        (&serde_json::json!(0), &serde_json::json!(false), &serde_json::json!(true), &serde_json::json!("1500ms")),
+        (
+            &drained["weight"],
+            &drained["down"],
+            &drained["draining"],
+            &drained["fail_timeout"]
+        ),
+        (
+            &serde_json::json!(0),
+            &serde_json::json!(false),
+            &serde_json::json!(true),
+            &serde_json::json!("1500ms")
+        ),
         "{drained}"
     );
     assert_eq!(drained["build"], "v2");
     let backup = by_name(c);
     assert_eq!(
         (&backup["down"], &backup["backup"], &backup["max_fails"]),
-        (&serde_json::json!(true), &serde_json::json!(true), &serde_json::json!(0))
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(true),
+            &serde_json::json!(0)
+        )
     );
-    assert_eq!(s["pools"]["gray"]["servers"], serde_json::json!([]), "the placeholder is no server");
+    assert_eq!(
+        s["pools"]["gray"]["servers"],
+        serde_json::json!([]),
+        "the placeholder is no server"
+    );
     assert_eq!(s["consul"]["base"]["servers_from"], "dump");
     // Pages go to a only; the drained server takes no new page.
     for _ in 0..6 {
-        let r = http.get(g.url("/")).send().await.expect("through graysplit");
+        let r = http
+            .get(g.url("/"))
+            .send()
+            .await
+            .expect("through graysplit");
         assert_eq!(r.headers()["x-served-by"], a.addr.to_string());
     }
 }

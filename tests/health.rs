@@ -354,7 +354,8 @@ fn sample(text: &str, series: &str) -> f64 {
 async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     let a = Upstream::start("base");
     let g = start(FAST_CHECKS, &[&a]);
-    let requests = "graysplit_requests_total{build=\"base\",class=\"2xx\",pool=\"base\",reason=\"default\"}";
+    let requests =
+        "graysplit_requests_total{build=\"base\",class=\"2xx\",pool=\"base\",reason=\"default\"}";
     let timed = "graysplit_upstream_response_seconds_count{build=\"base\",pool=\"base\"}";
     let (_, before) = get_text(g.admin_url("/metrics")).await;
     let c = client();

@@ -33,13 +33,22 @@ fn client_from(ip: &str) -> reqwest::Client {
 }
 
 /// GET `/` with `headers`; the status and the answer's `name` header.
-async fn get(c: &reqwest::Client, g: &Graysplit, headers: &[(&str, &str)], name: &str) -> (u16, Option<String>) {
+async fn get(
+    c: &reqwest::Client,
+    g: &Graysplit,
+    headers: &[(&str, &str)],
+    name: &str,
+) -> (u16, Option<String>) {
     let mut req = c.get(g.url("/"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let r = req.send().await.expect("request");
-    let id = r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let id = r
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let status = r.status().as_u16();
     let _ = r.bytes().await;
     (status, id)
@@ -56,22 +65,50 @@ async fn an_id_is_kept_from_a_trusted_peer_generated_otherwise_and_sent_logged_a
 
     // A trusted peer (the load balancer in front) sent one: kept end to end.
     let trusted = client_from("127.0.0.1");
-    let (status, id) = get(&trusted, &g, &[("x-request-id", "lb-7f3a-0001")], "x-request-id").await;
+    let (status, id) = get(
+        &trusted,
+        &g,
+        &[("x-request-id", "lb-7f3a-0001")],
+        "x-request-id",
+    )
+    .await;
     assert_eq!((status, id.as_deref()), (200, Some("lb-7f3a-0001")));
-    assert_eq!(up.last_header("x-request-id").as_deref(), Some("lb-7f3a-0001"));
+    assert_eq!(
+        up.last_header("x-request-id").as_deref(),
+        Some("lb-7f3a-0001")
+    );
 
     // Anyone else cannot plant an id: a new one, the same upstream and back.
     let outsider = client_from("127.0.0.2");
-    let (_, id) = get(&outsider, &g, &[("x-request-id", "planted")], "x-request-id").await;
+    let (_, id) = get(
+        &outsider,
+        &g,
+        &[("x-request-id", "planted")],
+        "x-request-id",
+    )
+    .await;
     let id = id.expect("an id");
     assert!(is_generated(&id), "{id}");
     assert_eq!(up.last_header("x-request-id").as_deref(), Some(id.as_str()));
-    let copies = up.requests.lock().unwrap().last().unwrap().matches("planted").count();
+    let copies = up
+        .requests
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .matches("planted")
+        .count();
     assert_eq!(copies, 0, "the client's header never reaches the upstream");
 
     // No header, or an unusable one from a trusted peer: a new id each time.
     let (_, first) = get(&trusted, &g, &[], "x-request-id").await;
-    let (_, second) = get(&trusted, &g, &[("x-request-id", "has space")], "x-request-id").await;
+    let (_, second) = get(
+        &trusted,
+        &g,
+        &[("x-request-id", "has space")],
+        "x-request-id",
+    )
+    .await;
     let (first, second) = (first.unwrap(), second.unwrap());
     assert!(is_generated(&first) && is_generated(&second) && first != second);
     assert_eq!(first[..16], second[..16], "one process, one prefix");
@@ -79,7 +116,10 @@ async fn an_id_is_kept_from_a_trusted_peer_generated_otherwise_and_sent_logged_a
     // The access line carries it.
     eventually_sync(Duration::from_secs(5), "the access lines", || {
         let log = g.log();
-        let line = |id: &str| log.lines().any(|l| l.contains("access]") && l.contains(&format!(" id={id} ")));
+        let line = |id: &str| {
+            log.lines()
+                .any(|l| l.contains("access]") && l.contains(&format!(" id={id} ")))
+        };
         (line("lb-7f3a-0001") && line(&first) && line(&second)).then_some(())
     });
 }

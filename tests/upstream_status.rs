@@ -106,28 +106,97 @@ async fn every_case_of_the_check_modules_interface_tests() {
     let pools = pools_file(live.addr, &dead);
     // (suite test, `check_status` argument, request, content type, body)
     let cases: &[(&str, Option<&str>, &str, &str, Body)] = &[
-        ("TEST 1: default type", None, "/upstream_status", "text/html", Body::HtmlCount(6)),
-        ("TEST 2: html", Some("html"), "/upstream_status", "text/html", Body::HtmlCount(6)),
-        ("TEST 3: csv", Some("csv"), "/upstream_status", "text/plain", Body::CsvLines(6)),
-        ("TEST 4: json", Some("json"), "/upstream_status", "application/json", Body::JsonTotal(6)),
-        ("TEST 5: default html, request csv", Some("html"), "/upstream_status?format=csv",
-            "text/plain", Body::CsvLines(6)),
-        ("TEST 6: default csv, request json", Some("csv"), "/upstream_status?format=json",
-            "application/json", Body::JsonTotal(6)),
-        ("TEST 7: default json, request html", Some("json"), "/upstream_status?format=html",
-            "text/html", Body::HtmlCount(6)),
-        ("TEST 8: default json, request htm, bad format", Some("json"),
-            "/upstream_status?format=htm", "application/json", Body::JsonTotal(6)),
-        ("TEST 9: default html, request csv and up", Some("html"),
-            "/upstream_status?format=csv&status=up", "text/plain", Body::OneCsvLine),
-        ("TEST 10: default csv, request json and down", Some("csv"),
-            "/upstream_status?format=json&status=down", "application/json", Body::JsonTotal(5)),
-        ("TEST 11: default json, request html and up", Some("json"),
-            "/upstream_status?format=html&status=up", "text/html", Body::HtmlCount(1)),
-        ("TEST 12: default json, request html, bad status", Some("json"),
-            "/upstream_status?format=html&status=foo", "text/html", Body::HtmlCount(6)),
-        ("TEST 13: default (keepalive checks)", None, "/upstream_status", "text/html",
-            Body::HtmlCount(6)),
+        (
+            "TEST 1: default type",
+            None,
+            "/upstream_status",
+            "text/html",
+            Body::HtmlCount(6),
+        ),
+        (
+            "TEST 2: html",
+            Some("html"),
+            "/upstream_status",
+            "text/html",
+            Body::HtmlCount(6),
+        ),
+        (
+            "TEST 3: csv",
+            Some("csv"),
+            "/upstream_status",
+            "text/plain",
+            Body::CsvLines(6),
+        ),
+        (
+            "TEST 4: json",
+            Some("json"),
+            "/upstream_status",
+            "application/json",
+            Body::JsonTotal(6),
+        ),
+        (
+            "TEST 5: default html, request csv",
+            Some("html"),
+            "/upstream_status?format=csv",
+            "text/plain",
+            Body::CsvLines(6),
+        ),
+        (
+            "TEST 6: default csv, request json",
+            Some("csv"),
+            "/upstream_status?format=json",
+            "application/json",
+            Body::JsonTotal(6),
+        ),
+        (
+            "TEST 7: default json, request html",
+            Some("json"),
+            "/upstream_status?format=html",
+            "text/html",
+            Body::HtmlCount(6),
+        ),
+        (
+            "TEST 8: default json, request htm, bad format",
+            Some("json"),
+            "/upstream_status?format=htm",
+            "application/json",
+            Body::JsonTotal(6),
+        ),
+        (
+            "TEST 9: default html, request csv and up",
+            Some("html"),
+            "/upstream_status?format=csv&status=up",
+            "text/plain",
+            Body::OneCsvLine,
+        ),
+        (
+            "TEST 10: default csv, request json and down",
+            Some("csv"),
+            "/upstream_status?format=json&status=down",
+            "application/json",
+            Body::JsonTotal(5),
+        ),
+        (
+            "TEST 11: default json, request html and up",
+            Some("json"),
+            "/upstream_status?format=html&status=up",
+            "text/html",
+            Body::HtmlCount(1),
+        ),
+        (
+            "TEST 12: default json, request html, bad status",
+            Some("json"),
+            "/upstream_status?format=html&status=foo",
+            "text/html",
+            Body::HtmlCount(6),
+        ),
+        (
+            "TEST 13: default (keepalive checks)",
+            None,
+            "/upstream_status",
+            "text/html",
+            Body::HtmlCount(6),
+        ),
     ];
     let mut procs: Vec<(Option<&str>, Graysplit)> = Vec::new();
     for default in [None, Some("html"), Some("csv"), Some("json")] {
@@ -135,7 +204,11 @@ async fn every_case_of_the_check_modules_interface_tests() {
     }
     let mut failures = Vec::new();
     for (name, default, path, content_type, body) in cases {
-        let g = &procs.iter().find(|(d, _)| d == default).expect("a process").1;
+        let g = &procs
+            .iter()
+            .find(|(d, _)| d == default)
+            .expect("a process")
+            .1;
         let a = get(g, path).await;
         if a.status != 200 || a.content_type != *content_type {
             failures.push(format!(
@@ -190,7 +263,10 @@ async fn prometheus_format_head_post_and_the_status_alias() {
     assert!(value(&fall) >= 1.0, "a dead server has failed checks");
     let down_only = get(&g, "/upstream_status?format=prometheus&status=down").await;
     assert_eq!(
-        down_only.body.matches("nginx_upstream_server_active{").count(),
+        down_only
+            .body
+            .matches("nginx_upstream_server_active{")
+            .count(),
         5
     );
 
@@ -220,5 +296,9 @@ async fn prometheus_format_head_post_and_the_status_alias() {
             .map(|l| l.split(',').take(4).collect::<Vec<_>>().join(","))
             .collect::<Vec<_>>()
     };
-    assert_eq!(rows(&a.body), rows(&b.body), "same rows (rise/fall may move)");
+    assert_eq!(
+        rows(&a.body),
+        rows(&b.body),
+        "same rows (rise/fall may move)"
+    );
 }

@@ -162,8 +162,10 @@
   function drawChart(id, legendId, data, pick, unit, floor) {
     const chart = document.getElementById(id);
     const W = 600, H = 150, PAD = 4;
+    // The time axis grows with the page's age: at least a minute, at most the 10 minutes kept.
     const now = Date.now();
-    const t0 = now - KEEP_MS;
+    const span = Math.min(KEEP_MS, Math.max(60000, samples.length ? now - samples[0].t : 0));
+    const t0 = now - span;
     let max = floor;
     for (const points of data.values()) for (const p of points) max = Math.max(max, pick(p));
     const nodes = [];
@@ -177,7 +179,7 @@
       const pts = data.get(key).filter((p) => p.t >= t0);
       points += pts.length;
       const coords = pts.map((p) => {
-        const x = ((p.t - t0) / KEEP_MS) * W;
+        const x = ((p.t - t0) / span) * W;
         const y = H - PAD - (pick(p) / max) * (H - 2 * PAD);
         return x.toFixed(1) + ',' + y.toFixed(1);
       }).join(' ');
@@ -257,16 +259,21 @@
       el('dt', null, 'last error'), el('dd', { class: 'muted' }, w.last_error || '–'))));
   }
 
-  // The rollout section: GET /rollout (issue 17's driver). 404: no rollout.
+  // The rollout section: GET /rollout (issue 17's driver). 404: no rollout — then asked again
+  // only every 30 s (browsers log every 404 in the console).
+  let rolloutAbsentAt = 0;
   async function renderRollout() {
     const body = document.getElementById('rollout-body');
+    if (rolloutAbsentAt && Date.now() - rolloutAbsentAt < 30000) return;
     try {
       const r = await fetch('/rollout', { cache: 'no-store' });
       if (r.status === 404) {
+        rolloutAbsentAt = Date.now();
         body.className = 'muted';
         body.replaceChildren('no rollout');
         return;
       }
+      rolloutAbsentAt = 0;
       if (!r.ok) throw new Error('/rollout answered ' + r.status);
       const v = await r.json();
       body.className = '';
