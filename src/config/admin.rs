@@ -169,6 +169,22 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_documents_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/graysplit.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let shipped: crate::config::file::FileConfig = toml::from_str(&text).unwrap();
+        assert!(text.contains("\n[admin]\n"));
+        assert_eq!(
+            format!("{:?}", shipped.admin),
+            format!("{:?}", super::AdminSection::default())
+        );
+        assert_eq!(
+            shipped.server.request_id_header,
+            crate::config::file::ServerSection::default().request_id_header
+        );
+    }
+
+    #[test]
     fn bad_values_are_reported_and_the_token_never_shown() {
         let e = load(
             "[admin]\ntoken = \"short secret\"\nstatus_format = \"xml\"",
