@@ -47,6 +47,7 @@ const READ_PAGE: &str = r#"
         pins_rejected: cells('data-pin-rejected'),
         rollout: txt(document, '#rollout-body'),
         chart_points: Number(document.getElementById('chart-rate').getAttribute('data-points') || 0),
+        reason_series: [...document.querySelectorAll('#chart-reasons polyline')].map((l) => l.dataset.series),
         problem: txt(document, '#problem'),
     };
 "#;
@@ -305,6 +306,19 @@ async fn the_dashboard_shows_what_status_json_says_in_chromium() {
         status["pins"]["set"]["new"].to_string()
     );
     assert_eq!(shown["rollout"], "no rollout", "/rollout is a 404 for now");
+    let mut reason_series: Vec<String> = shown["reason_series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    reason_series.sort();
+    let mut want: Vec<String> = sums(&status, "reason")
+        .keys()
+        .map(|(p, r)| format!("{p} / {r}"))
+        .collect();
+    want.sort();
+    assert_eq!(reason_series, want, "one line per pool and reason");
 
     // The charts follow the counters while the page is open.
     for _ in 0..10 {

@@ -11,7 +11,7 @@
   const PIN_REJECTED = ['malformed', 'version', 'forged', 'expired', 'stale'];
   const REFRESH_MS = refreshFrom(new URLSearchParams(location.search).get('refresh'));
 
-  // Counter readings over time: {t, builds: Map(key -> {requests, errors})}.
+  // Counter readings over time: {t, builds: Map(key -> {requests, errors}), reasons: same}.
   const samples = [];
   const colourOf = new Map();
   let refreshes = 0;
@@ -141,15 +141,15 @@
     return { builds, reasons };
   }
 
-  // Rates between consecutive samples: [{t, rate, share}] per key.
-  function series() {
+  // Rates between consecutive samples of `which` (builds or reasons): [{t, rate, share}] per key.
+  function series(which) {
     const out = new Map();
     for (let i = 1; i < samples.length; i++) {
       const a = samples[i - 1], b = samples[i];
       const dt = (b.t - a.t) / 1000;
       if (dt <= 0) continue;
-      for (const [key, now] of b.builds) {
-        const before = a.builds.get(key) || { requests: 0, errors: 0 };
+      for (const [key, now] of b[which]) {
+        const before = a[which].get(key) || { requests: 0, errors: 0 };
         const dr = now.requests - before.requests, de = now.errors - before.errors;
         if (dr < 0 || de < 0) continue; // a restart or a pruned build: no rate for this step
         if (!out.has(key)) out.set(key, []);
@@ -200,9 +200,10 @@
   function renderTraffic(requests) {
     const { builds, reasons } = aggregate(requests || []);
     const t = Date.now();
-    samples.push({ t, builds: new Map([...builds].map(([k, v]) => [k, { requests: v.requests, errors: v.errors }])) });
+    const counts = (m) => new Map([...m].map(([k, v]) => [k, { requests: v.requests, errors: v.errors }]));
+    samples.push({ t, builds: counts(builds), reasons: counts(reasons) });
     while (samples.length > 2 && samples[0].t < t - KEEP_MS) samples.shift();
-    const data = series();
+    const data = series('builds');
     const rows = [...builds.values()].sort((a, b) => (a.pool + a.build).localeCompare(b.pool + b.build));
     document.getElementById('builds-body').replaceChildren(...rows.map((b) => {
       const key = b.pool + ' / ' + b.build;
@@ -223,6 +224,7 @@
         el('td', { class: 'num', 'data-field': 'errors' }, r.errors))));
     drawChart('chart-rate', 'legend-rate', data, (p) => p.rate, '/s', 1);
     drawChart('chart-errors', 'legend-errors', data, (p) => p.share, ' %', 1);
+    drawChart('chart-reasons', 'legend-reasons', series('reasons'), (p) => p.rate, '/s', 1);
   }
 
   function renderPins(pins) {
