@@ -1,22 +1,36 @@
-//! The admin listener (loopback by default, never the public port): read-only views of the
-//! running proxy in the formats nginx operators already know.
+//! The admin listener (loopback by default, never the public port): views of the running proxy
+//! in the formats nginx operators already know, and a dashboard.
 //!
-//! - `GET /healthz` — liveness, `ok`.
-//! - `GET /upstream_list[?<pool>]` — upsync's `upstream_show` text.
-//! - `GET /upstream_list` marks servers that may not take traffic because of their health with a
-//!   trailing comment (`# unhealthy`: active checks say down; `# ejected`: passive failures), so
-//!   every line still parses as upsync's format.
-//! - `GET /status[?format=html|csv|json][&status=up|down]` — nginx_upstream_check_module's page
-//!   (see [`crate::status_page`]); the JSON also carries `consul` (watchers) and `pools`.
+//! - `GET /` — the dashboard ([`dashboard`]): pools and servers, switches, traffic by pool,
+//!   build and reason with charts, pins; it reads `/status?format=json` and `/rollout`.
+//! - `GET /healthz` — liveness, `ok`. `GET /readyz` — `ready` while the base pool has a usable
+//!   server, else 503 (for a load balancer in front of several graysplit instances).
+//! - `GET /upstream_list[?<pool>]` — upsync's `upstream_show` text. Servers that may not take
+//!   traffic because of their health carry a note in the line's comment (`unhealthy`: active
+//!   checks say down; `ejected`: passive failures), so every line still parses as upsync's format.
+//! - `GET /upstream_status` and `/status` `[?format=html|csv|json|prometheus][&status=up|down]` —
+//!   nginx_upstream_check_module's `check_status` (see [`crate::status_page`]; default format
+//!   `admin.status_format`); the JSON also carries `consul`, `pools`, `switches`, `requests`
+//!   and `pins`, what the dashboard shows.
 //! - `GET /metrics` — Prometheus text (see [`crate::metrics`]).
+//! - `GET /decide?...` — a dry run of the gray decision ([`crate::gray::explain`]).
+//!
+//! With `admin.token` set (required off loopback), every path but `/healthz` and `/readyz`
+//! needs it ([`auth`]).
+
+mod auth;
+pub mod dashboard;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
+use log::warn;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::config::admin::AdminSettings;
 use crate::config::duration;
 use crate::metrics::Metrics;
 use crate::status_page::{self, Format};
@@ -28,13 +42,18 @@ use crate::upstream::Pools;
 pub struct AdminApp {
     pub pools: Arc<Pools>,
     pub consul: Arc<ConsulStatus>,
-    /// For `/decide` (a dry run of the gray decision).
+    /// For `/decide` (a dry run of the gray decision) and the switches.
     pub gray: Arc<crate::gray::GrayEngine>,
     pub metrics: Arc<Metrics>,
+    /// The token and the status page's default format.
+    pub settings: AdminSettings,
+    /// When the process started (uptime on the dashboard).
+    pub started: Instant,
 }
 
 impl AdminApp {
     /// Routes one request; pure apart from reading shared state, so it is unit-testable.
+    /// (Authorization is checked before, in [`AdminApp::authorize`].)
     pub fn route(
         &self,
         method: &http::Method,
@@ -44,14 +63,51 @@ impl AdminApp {
         if method != http::Method::GET && method != http::Method::HEAD {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
         }
+        if let Some(page) = dashboard::asset(path) {
+            return page;
+        }
         match path {
             "/healthz" => plain(StatusCode::OK, "ok\n".into()),
+            "/readyz" => self.readyz(),
             "/upstream_list" => self.upstream_list(query),
-            "/status" => self.status(query),
+            "/upstream_status" | "/status" => self.status(path, query),
             "/metrics" => self.metrics(),
             _ => plain(
                 StatusCode::NOT_FOUND,
-                "not found; try /upstream_list, /status?format=json or /healthz\n".into(),
+                "not found; try /, /upstream_list, /upstream_status?format=json or /healthz\n"
+                    .into(),
+            ),
+        }
+    }
+
+    /// `None` when the request may go on; otherwise the 401 to send.
+    pub fn authorize(&self, path: &str, authorization: Option<&[u8]>) -> Option<Response<Vec<u8>>> {
+        let token = self.settings.token.as_ref()?;
+        if auth::OPEN_PATHS.contains(&path) || auth::authorized(token, authorization) {
+            return None;
+        }
+        let mut resp = plain(
+            StatusCode::UNAUTHORIZED,
+            "401 Unauthorized: send the admin token, as `Authorization: Bearer <token>` or as \
+             the password of HTTP Basic\n"
+                .into(),
+        );
+        for challenge in auth::CHALLENGES {
+            resp.headers_mut().append(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(challenge),
+            );
+        }
+        Some(resp)
+    }
+
+    /// `/readyz`: ready while the base pool has a server that may take a request.
+    fn readyz(&self) -> Response<Vec<u8>> {
+        match self.pools.get(crate::config::BASE_POOL) {
+            Some(base) if base.has_usable(|_| true) => plain(StatusCode::OK, "ready\n".into()),
+            _ => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no usable server in pool base\n".into(),
             ),
         }
     }
@@ -72,12 +128,11 @@ impl AdminApp {
             ));
             for s in &snap.servers {
                 out.push_str("        ");
-                out.push_str(&upsync_format::render_line(&s.spec));
-                if let Some(mark) = health_mark(s) {
-                    // Inside the line's comment, which may already hold `build=...`.
-                    out.push_str(if out.ends_with(';') { " # " } else { " " });
-                    out.push_str(mark);
-                }
+                let marks: &[&str] = match health_mark(s) {
+                    Some(mark) => &[mark],
+                    None => &[],
+                };
+                out.push_str(&upsync_format::render_line_marked(&s.spec, marks));
                 out.push('\n');
             }
             out.push('\n');
@@ -90,30 +145,48 @@ impl AdminApp {
         }
         plain(StatusCode::OK, out)
     }
-}
 
-impl AdminApp {
-    /// `/status`: the check module's page, html by default; JSON adds `consul` and `pools`.
-    fn status(&self, query: Option<&str>) -> Response<Vec<u8>> {
-        let q = match status_page::Query::parse(query) {
-            Ok(q) => q,
-            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
-        };
+    /// The check module's page; a bad argument is logged (as the module does) and falls back.
+    fn status(&self, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+        let q = status_page::Query::parse(query, self.settings.status_format);
+        for problem in &q.problems {
+            warn!("admin {path}: {problem}");
+        }
         let (rows, generation) = status_page::rows(&self.pools, q.filter);
-        let (body, content_type) = match q.format {
-            Format::Json => {
-                let mut v = status_page::json(&rows, generation);
-                v["consul"] = self.consul.to_json();
-                v["pools"] = pools_json(&self.pools);
-                (v.to_string() + "\n", "application/json")
-            }
-            Format::Csv => (status_page::csv(&rows), "text/csv; charset=utf-8"),
-            Format::Html => (
-                status_page::html(&rows, generation),
-                "text/html; charset=utf-8",
-            ),
+        let body = match q.format {
+            Format::Json => status_page::json_text(&rows, generation, &self.state()),
+            other => status_page::render(&rows, generation, other),
         };
-        with_type(plain(StatusCode::OK, body), content_type)
+        with_type(plain(StatusCode::OK, body), q.format.content_type())
+    }
+
+    /// What the JSON page carries beside the check module's rows (what the dashboard shows).
+    fn state(&self) -> Vec<(&'static str, serde_json::Value)> {
+        self.metrics.refresh(&self.pools);
+        let sw = self.gray.switches();
+        vec![
+            ("consul", self.consul.to_json()),
+            ("pools", pools_json(&self.pools)),
+            (
+                "switches",
+                serde_json::json!({
+                    "enabled": sw.enabled,
+                    "all": sw.all,
+                    "percent": f64::from(sw.percent_bp) / 100.0,
+                    "source": self.gray.switches_source(),
+                }),
+            ),
+            ("requests", serde_json::json!(self.metrics.request_totals())),
+            ("pins", self.metrics.pins_json()),
+            (
+                "process",
+                serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "pid": std::process::id(),
+                    "uptime_seconds": self.started.elapsed().as_secs(),
+                }),
+            ),
+        ]
     }
 
     /// `/metrics`: Prometheus text, with per-server gauges and Consul state read now.
@@ -129,7 +202,8 @@ impl AdminApp {
     }
 }
 
-/// `{"<pool>": {"allow_empty": .., "servers": [..]}}`: each pool's current servers and settings.
+/// `{"<pool>": {"allow_empty": .., "servers": [..]}}`: each pool's current servers, their
+/// settings and their live state.
 pub fn pools_json(pools: &Pools) -> serde_json::Value {
     serde_json::Value::Object(
         pools
@@ -140,6 +214,7 @@ pub fn pools_json(pools: &Pools) -> serde_json::Value {
                     .servers
                     .iter()
                     .map(|s| {
+                        let h = &s.health;
                         serde_json::json!({
                             "name": s.spec.name,
                             "addr": s.spec.addr.to_string(),
@@ -149,11 +224,21 @@ pub fn pools_json(pools: &Pools) -> serde_json::Value {
                             "down": s.spec.down,
                             "backup": s.spec.backup,
                             "build": s.spec.build,
+                            "effective_build": crate::proxy::select::build_of(s, pool),
+                            "health": if h.is_up() { "up" } else { "down" },
+                            "checks": h.checks(),
+                            "rise": h.rise_count(),
+                            "fall": h.fall_count(),
+                            "ejected": h.ejected(),
+                            "selectable": s.selectable(),
+                            "draining": s.draining(),
+                            "in_flight": h.in_flight(),
                         })
                     })
                     .collect();
                 let pool_json = serde_json::json!({
                     "allow_empty": pool.allow_empty,
+                    "checked": pool.checks().is_some(),
                     "generation": snap.generation,
                     "servers": servers,
                 });
@@ -163,7 +248,7 @@ pub fn pools_json(pools: &Pools) -> serde_json::Value {
     )
 }
 
-/// The `/upstream_list` comment for a server kept from traffic by its health.
+/// The `/upstream_list` note for a server kept from traffic by its health.
 fn health_mark(s: &Server) -> Option<&'static str> {
     if !s.health.is_up() {
         Some("unhealthy")
@@ -207,6 +292,22 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Vec<u8>>
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        let authorization = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if let Some(denied) = self.authorize(req.uri.path(), authorization) {
+            warn!(
+                "admin: {} {} from {}: no valid token",
+                req.method,
+                req.uri.path(),
+                session
+                    .client_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into())
+            );
+            return denied;
+        }
         if req.uri.path() == "/decide" {
             return match crate::gray::explain::decide(&self.gray, req.uri.query()).await {
                 Ok(v) => json_response(StatusCode::OK, &v),
@@ -239,6 +340,8 @@ mod tests {
             consul: Arc::new(ConsulStatus::default()),
             gray: Arc::new(crate::gray::GrayEngine::new(Default::default()).unwrap()),
             metrics: Arc::new(Metrics::new().unwrap()),
+            settings: AdminSettings::default(),
+            started: Instant::now(),
         }
     }
 
@@ -281,8 +384,79 @@ mod tests {
         assert_eq!(base["servers"][0]["fail_timeout"], "10s");
         assert_eq!(base["servers"][1]["down"], true);
         assert_eq!(v["pools"]["gray"]["servers"], serde_json::json!([]));
+        assert_eq!(base["servers"][0]["in_flight"], 0);
+        assert_eq!(base["servers"][0]["health"], "up");
+        assert_eq!(
+            v["switches"],
+            serde_json::json!({"enabled": true, "all": false, "percent": 0.0, "source": "config"})
+        );
+        assert_eq!(v["requests"], serde_json::json!([]));
+        assert_eq!(v["pins"], serde_json::json!({"set": {}, "rejected": {}}));
         let r = app().route(&http::Method::GET, "/status", Some("format=xml"));
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "an unknown format falls back to the default"
+        );
+        assert_eq!(r.headers()["content-type"], "text/html");
+    }
+
+    #[test]
+    fn upstream_status_is_the_check_modules_page_with_its_default_format() {
+        let mut a = app();
+        a.settings.status_format = Format::Csv;
+        let r = a.route(&http::Method::GET, "/upstream_status", None);
+        assert_eq!(r.headers()["content-type"], "text/plain");
+        assert_eq!(
+            body(r),
+            "0,base,127.0.0.1:1,up,0,0,none,0\n1,base,127.0.0.1:2,up,0,0,none,0\n"
+        );
+        let r = a.route(
+            &http::Method::GET,
+            "/upstream_status",
+            Some("format=prometheus"),
+        );
+        assert!(body(r).contains("nginx_upstream_count_total 2\n"));
+    }
+
+    #[test]
+    fn a_token_guards_everything_but_health_and_readiness() {
+        let mut a = app();
+        assert!(
+            a.authorize("/status", None).is_none(),
+            "no token configured: open"
+        );
+        a.settings.token = Some(crate::config::Secret::new("0123456789abcdef0123"));
+        let denied = a.authorize("/status", None).unwrap();
+        assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+        let challenges: Vec<_> = denied
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .collect();
+        assert_eq!(challenges.len(), 2);
+        assert!(a
+            .authorize("/", Some(b"Bearer wrong-wrong-wrong-1"))
+            .is_some());
+        assert!(a
+            .authorize("/", Some(b"Bearer 0123456789abcdef0123"))
+            .is_none());
+        assert!(a.authorize("/healthz", None).is_none());
+        assert!(a.authorize("/readyz", None).is_none());
+    }
+
+    #[test]
+    fn readyz_follows_the_base_pool() {
+        let a = app();
+        assert_eq!(
+            a.route(&http::Method::GET, "/readyz", None).status(),
+            StatusCode::OK
+        );
+        for s in &a.pools.get("base").unwrap().snapshot().servers {
+            s.health.set_up(false);
+        }
+        let r = a.route(&http::Method::GET, "/readyz", None);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]
@@ -316,7 +490,7 @@ mod tests {
             .health
             .set_up(false);
         let html = a.route(&http::Method::GET, "/status", None);
-        assert_eq!(html.headers()["content-type"], "text/html; charset=utf-8");
+        assert_eq!(html.headers()["content-type"], "text/html");
         assert!(body(html).contains("Check upstream server number: 2"));
         let csv = body(a.route(
             &http::Method::GET,
@@ -329,8 +503,17 @@ mod tests {
         assert_eq!(v["servers"]["total"], 1);
         assert_eq!(v["servers"]["server"][0]["name"], "127.0.0.1:1");
         assert!(v["consul"].is_object() && v["pools"].is_object());
-        let r = a.route(&http::Method::GET, "/status", Some("status=maybe"));
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = a.route(
+            &http::Method::GET,
+            "/status",
+            Some("format=csv&status=maybe"),
+        );
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            body(r).lines().count(),
+            2,
+            "an unknown status shows every server"
+        );
     }
 
     #[test]

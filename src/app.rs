@@ -122,6 +122,11 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         metrics: metrics.clone(),
         pin: Arc::new(pinner(config)),
         draining,
+        request_ids: config
+            .server
+            .request_id_header
+            .clone()
+            .map(|h| Arc::new(crate::proxy::request_id::RequestIds::new(h))),
     };
     let gray = Arc::new(GrayEngine::new(config.gray.clone())?);
     server.add_service(background_service(
@@ -171,6 +176,8 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
             consul: consul.clone(),
             gray: gray.clone(),
             metrics: metrics.clone(),
+            settings: config.admin.clone(),
+            started: std::time::Instant::now(),
         },
     );
     admin.threads = Some(1);

@@ -6,12 +6,13 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `graysplit_requests_total` | counter | `pool`, `reason`, `class` (`2xx`…`5xx`, `none` when the client left) |
-//! | `graysplit_upstream_response_seconds` | histogram | `pool` — first upstream attempt to end of response |
+//! | `graysplit_requests_total` | counter | `pool`, `build`, `reason`, `class` (`2xx`…`5xx`, `none` when the client left) |
+//! | `graysplit_upstream_response_seconds` | histogram | `pool`, `build` — first upstream attempt to end of response |
 //! | `graysplit_upstream_retries_total` | counter | `pool`, `cause` (`connect`, `status`, `error`) |
-//! | `graysplit_passive_failures_total` | counter | `pool`, `kind` (`connect`, `status`, `error`) |
+//! | `graysplit_passive_failures_total` | counter | `pool`, `build`, `kind` (`connect`, `status`, `error`) |
 //! | `graysplit_passive_ejections_total` | counter | `pool` |
 //! | `graysplit_server_up` | gauge | `pool`, `server` — 1 when active checks and passive state allow traffic |
+//! | `graysplit_server_in_flight` | gauge | `pool`, `server` — requests proxied to it right now |
 //! | `graysplit_health_checks_total` | counter | `result` (`pass`, `fail`) |
 //! | `graysplit_health_flips_total` | counter | `to` (`up`, `down`) |
 //! | `graysplit_consul_poll_errors_total` | counter | `pool` |
@@ -22,15 +23,23 @@
 //!
 //! `build_gone` (a pinned build with no usable server left) is a `reason` of
 //! `graysplit_requests_total`; every such request also counts as `repinned`.
+//!
+//! `build` is the build of the server that answered (`none`: no server was reached), bounded as
+//! [`by_build`] explains; compare builds inside a pool during a rolling deploy with e.g.
+//! `sum by (build) (rate(graysplit_requests_total{pool="base",class="5xx"}[5m]))`.
+
+pub mod by_build;
 
 use std::time::{Duration, SystemTime};
 
+use prometheus::core::Collector as _;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::upstream::health::Flip;
 use crate::upstream::Pools;
+use by_build::ByBuild;
 
 /// Content type of the Prometheus text format served on `/metrics`.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -52,7 +61,7 @@ pub enum FailKind {
 }
 
 impl FailKind {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             FailKind::Connect => "connect",
             FailKind::Status => "status",
@@ -63,12 +72,12 @@ impl FailKind {
 
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    upstream_seconds: HistogramVec,
+    /// Requests, upstream time and failed attempts by pool and build.
+    by_build: ByBuild,
     retries: IntCounterVec,
-    passive_failures: IntCounterVec,
     passive_ejections: IntCounterVec,
     server_up: IntGaugeVec,
+    server_in_flight: IntGaugeVec,
     health_checks: IntCounterVec,
     health_flips: IntCounterVec,
     consul_errors: IntCounterVec,
@@ -86,14 +95,7 @@ impl std::fmt::Debug for Metrics {
 
 /// The status class label of a response (`0`: nothing was sent, the client had gone).
 pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
-    }
+    by_build::CLASSES[by_build::class_index(status)]
 }
 
 impl Metrics {
@@ -106,8 +108,9 @@ impl Metrics {
         };
         let requests = counter(
             "graysplit_requests_total",
-            "Requests answered, by pool, decision reason and status class.",
-            &["pool", "reason", "class"],
+            "Requests answered, by pool, build of the server that answered (none: no server), \
+             decision reason and status class.",
+            &["pool", "build", "reason", "class"],
         )?;
         let retries = counter(
             "graysplit_upstream_retries_total",
@@ -116,9 +119,9 @@ impl Metrics {
         )?;
         let passive_failures = counter(
             "graysplit_passive_failures_total",
-            "Failed upstream attempts (connect, fail_on_status answer, error), by pool and kind; \
-             they count toward a server's max_fails.",
-            &["pool", "kind"],
+            "Failed upstream attempts (connect, fail_on_status answer, error), by pool, build and \
+             kind; they count toward a server's max_fails.",
+            &["pool", "build", "kind"],
         )?;
         let passive_ejections = counter(
             "graysplit_passive_ejections_total",
@@ -160,10 +163,11 @@ impl Metrics {
         let upstream_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "graysplit_upstream_response_seconds",
-                "Time from the first upstream attempt to the end of the response.",
+                "Time from the first upstream attempt to the end of the response, by pool and \
+                 build.",
             )
             .buckets(RESPONSE_BUCKETS.to_vec()),
-            &["pool"],
+            &["pool", "build"],
         )?;
         registry.register(Box::new(upstream_seconds.clone()))?;
         let server_up = IntGaugeVec::new(
@@ -174,6 +178,14 @@ impl Metrics {
             &["pool", "server"],
         )?;
         registry.register(Box::new(server_up.clone()))?;
+        let server_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "graysplit_server_in_flight",
+                "Requests proxied to the server right now (connected or waiting to, not finished).",
+            ),
+            &["pool", "server"],
+        )?;
+        registry.register(Box::new(server_in_flight.clone()))?;
         let consul_age = prometheus::GaugeVec::new(
             Opts::new(
                 "graysplit_consul_last_success_age_seconds",
@@ -184,12 +196,11 @@ impl Metrics {
         registry.register(Box::new(consul_age.clone()))?;
         Ok(Self {
             registry,
-            requests,
-            upstream_seconds,
+            by_build: ByBuild::new(requests, upstream_seconds, passive_failures),
             retries,
-            passive_failures,
             passive_ejections,
             server_up,
+            server_in_flight,
             health_checks,
             health_flips,
             consul_errors,
@@ -215,28 +226,31 @@ impl Metrics {
         self.asset_misses.with_label_values(&[action]).inc();
     }
 
-    /// One finished request (called once, from the proxy's `logging` phase).
-    pub fn request(&self, pool: &str, reason: &str, status: u16) {
-        self.requests
-            .with_label_values(&[pool, reason, status_class(status)])
-            .inc();
-    }
-
-    pub fn upstream_time(&self, pool: &str, elapsed: Duration) {
-        self.upstream_seconds
-            .with_label_values(&[pool])
-            .observe(elapsed.as_secs_f64());
+    /// One finished request (called once, from the proxy's `logging` phase): its pool, the
+    /// build of the server that answered ([`by_build::NONE`] without one), its reason, status
+    /// (0: nothing sent) and, when it reached an upstream, the time since the first attempt.
+    pub fn request(
+        &self,
+        pool: &str,
+        build: &str,
+        reason: &'static str,
+        status: u16,
+        upstream: Option<Duration>,
+    ) {
+        let h = self.by_build.handles(pool, build);
+        self.by_build
+            .request(&h, reason, status, upstream.map(|d| d.as_secs_f64()));
     }
 
     pub fn retry(&self, pool: &str, cause: FailKind) {
         self.retries.with_label_values(&[pool, cause.label()]).inc();
     }
 
-    /// A failed attempt counted against a server; `ejected` when it crossed `max_fails`.
-    pub fn passive_failure(&self, pool: &str, kind: FailKind, ejected: bool) {
-        self.passive_failures
-            .with_label_values(&[pool, kind.label()])
-            .inc();
+    /// A failed attempt counted against a server of `build`; `ejected` when it crossed
+    /// `max_fails`.
+    pub fn passive_failure(&self, pool: &str, build: &str, kind: FailKind, ejected: bool) {
+        let h = self.by_build.handles(pool, build);
+        self.by_build.failure(&h, kind);
         if ejected {
             self.passive_ejections.with_label_values(&[pool]).inc();
         }
@@ -273,18 +287,58 @@ impl Metrics {
         }
     }
 
-    /// Refreshes the per-server gauges from the pools and renders everything as text.
-    pub fn render(&self, pools: &Pools) -> String {
-        // Servers come and go: rebuild the gauge so removed servers disappear.
+    /// Brings what is read from the pools up to date: per-server gauges (servers come and go,
+    /// so they are rebuilt) and the per-build series (builds that left every pool are dropped).
+    pub fn refresh(&self, pools: &Pools) {
         self.server_up.reset();
+        self.server_in_flight.reset();
         for pool in pools.iter() {
             for s in &pool.snapshot().servers {
+                let labels = [pool.name.as_str(), s.spec.name.as_str()];
                 let up = s.health.available(&s.spec);
-                self.server_up
-                    .with_label_values(&[pool.name.as_str(), s.spec.name.as_str()])
-                    .set(i64::from(up));
+                self.server_up.with_label_values(&labels).set(i64::from(up));
+                self.server_in_flight
+                    .with_label_values(&labels)
+                    .set(i64::from(s.health.in_flight()));
             }
         }
+        self.by_build.prune(|pool, build| {
+            pools.get(pool).is_some_and(|p| {
+                p.snapshot()
+                    .servers
+                    .iter()
+                    .any(|s| s.spec.build.as_deref().unwrap_or(p.name.as_str()) == build)
+            })
+        });
+    }
+
+    /// Request counts by pool, build, reason and class, for `/status?format=json`.
+    pub fn request_totals(&self) -> Vec<by_build::Total> {
+        self.by_build.totals()
+    }
+
+    /// Pins set and rejected so far, by event and by why: `{"set": {..}, "rejected": {..}}`.
+    pub fn pins_json(&self) -> serde_json::Value {
+        let counts = |vec: &IntCounterVec| -> serde_json::Map<String, serde_json::Value> {
+            vec.collect()
+                .iter()
+                .flat_map(|family| family.get_metric())
+                .filter_map(|m| {
+                    let label = m.get_label().first()?.value().to_string();
+                    Some((label, serde_json::json!(m.get_counter().get_value() as u64)))
+                })
+                .collect()
+        };
+        serde_json::json!({
+            "set": counts(&self.pins_set),
+            "rejected": counts(&self.pin_rejected),
+        })
+    }
+
+    /// Refreshes what is read from the pools ([`Metrics::refresh`]) and renders everything as
+    /// text.
+    pub fn render(&self, pools: &Pools) -> String {
+        self.refresh(pools);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::warn!("cannot encode metrics: {e}");
@@ -313,12 +367,17 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:1",
         )]);
-        m.request("base", "default", 200);
-        m.request("base", "default", 502);
-        m.request("base", "default", 0);
-        m.upstream_time("base", Duration::from_millis(3));
+        m.request(
+            "base",
+            "base",
+            "default",
+            200,
+            Some(Duration::from_millis(3)),
+        );
+        m.request("base", "base", "default", 502, None);
+        m.request("base", by_build::NONE, "default", 0, None);
         m.retry("base", FailKind::Connect);
-        m.passive_failure("base", FailKind::Status, true);
+        m.passive_failure("base", "base", FailKind::Status, true);
         m.health_check(true, Some(Flip::Up));
         m.consul_state("base", 3, Some(SystemTime::now()));
         m.consul_state("base", 2, None);
@@ -335,12 +394,20 @@ mod tests {
                 .unwrap_or_else(|| panic!("no {name} in\n{text}"))
         };
         assert_eq!(
-            get("graysplit_requests_total{class=\"2xx\",pool=\"base\",reason=\"default\"}"),
+            get("graysplit_requests_total{build=\"base\",class=\"2xx\",pool=\"base\",reason=\"default\"}"),
             1.0
         );
         assert_eq!(
-            get("graysplit_requests_total{class=\"none\",pool=\"base\",reason=\"default\"}"),
+            get("graysplit_requests_total{build=\"none\",class=\"none\",pool=\"base\",reason=\"default\"}"),
             1.0
+        );
+        assert_eq!(
+            get("graysplit_passive_failures_total{build=\"base\",kind=\"status\",pool=\"base\"}"),
+            1.0
+        );
+        assert_eq!(
+            get("graysplit_server_in_flight{pool=\"base\",server=\"127.0.0.1:1\"}"),
+            0.0
         );
         assert_eq!(
             get("graysplit_server_up{pool=\"base\",server=\"127.0.0.1:1\"}"),
@@ -352,8 +419,12 @@ mod tests {
             3.0
         );
         assert_eq!(
-            get("graysplit_upstream_response_seconds_count{pool=\"base\"}"),
+            get("graysplit_upstream_response_seconds_count{build=\"base\",pool=\"base\"}"),
             1.0
+        );
+        assert_eq!(
+            m.pins_json(),
+            serde_json::json!({"set": {"new": 1}, "rejected": {"forged": 1}})
         );
         assert_eq!(get("graysplit_pin_rejected_total{why=\"forged\"}"), 1.0);
         assert_eq!(get("graysplit_pins_set_total{event=\"new\"}"), 1.0);

@@ -249,7 +249,7 @@ async fn a_server_that_resets_connections_fails_no_request() {
     let m = metrics(&s.g).await;
     let failures = sample(
         &m,
-        "graysplit_passive_failures_total{kind=\"error\",pool=\"base\"}",
+        &format!("graysplit_passive_failures_total{{build=\"{BASE_BUILD}\",kind=\"error\",pool=\"base\"}}"),
     );
     let retries = sample(
         &m,

@@ -354,8 +354,9 @@ fn sample(text: &str, series: &str) -> f64 {
 async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     let a = Upstream::start("base");
     let g = start(FAST_CHECKS, &[&a]);
-    let requests = "graysplit_requests_total{class=\"2xx\",pool=\"base\",reason=\"default\"}";
-    let timed = "graysplit_upstream_response_seconds_count{pool=\"base\"}";
+    let requests =
+        "graysplit_requests_total{build=\"base\",class=\"2xx\",pool=\"base\",reason=\"default\"}";
+    let timed = "graysplit_upstream_response_seconds_count{build=\"base\",pool=\"base\"}";
     let (_, before) = get_text(g.admin_url("/metrics")).await;
     let c = client();
     for _ in 0..7 {
@@ -385,7 +386,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert_eq!(
         sample(
             &t,
-            "graysplit_requests_total{class=\"5xx\",pool=\"base\",reason=\"default\"}"
+            "graysplit_requests_total{build=\"none\",class=\"5xx\",pool=\"base\",reason=\"default\"}"
         ),
         1.0
     );
@@ -415,7 +416,7 @@ async fn statuses_count_as_passive_failures_and_retry_on_status_hides_them() {
     assert!(
         sample(
             &m,
-            "graysplit_passive_failures_total{kind=\"status\",pool=\"base\"}"
+            "graysplit_passive_failures_total{build=\"base\",kind=\"status\",pool=\"base\"}"
         ) >= 1.0
     );
 
@@ -556,7 +557,7 @@ async fn gray_down_or_empty_is_served_by_base_with_reason_gray_unavailable() {
     assert_eq!(
         sample(
             &m,
-            "graysplit_requests_total{class=\"2xx\",pool=\"base\",reason=\"gray_unavailable\"}"
+            "graysplit_requests_total{build=\"base\",class=\"2xx\",pool=\"base\",reason=\"gray_unavailable\"}"
         ),
         2.0,
         "{m}"

@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub routes: Vec<super::gray::RouteSection>,
     /// The pin cookie (`[pin]`).
     pub pin: super::pin::PinSection,
+    /// The admin listener's token and status page (`[admin]`).
+    pub admin: super::admin::AdminSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +39,7 @@ pub struct ServerSection {
     pub keepalive_timeout: String,
     pub access_log: bool,
     pub debug_headers: bool,
+    pub request_id_header: String,
 }
 
 impl Default for ServerSection {
@@ -52,6 +55,7 @@ impl Default for ServerSection {
             keepalive_timeout: "65s".into(),
             access_log: true,
             debug_headers: true,
+            request_id_header: "X-Request-Id".into(),
         }
     }
 }

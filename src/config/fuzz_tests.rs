@@ -20,6 +20,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "keepalive_timeout",
             "access_log",
             "debug_headers",
+            "request_id_header",
         ],
     ),
     (
@@ -115,6 +116,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "reject_html_assets",
         ],
     ),
+    ("admin", &["token", "status_format"]),
 ];
 
 const HEALTH: &[&str] = &[
@@ -351,7 +353,7 @@ proptest! {
                 "{} -> {:?}", text, errors
             );
             // A secret is never echoed.
-            if path == "consul.token" || path == "pin.secrets" {
+            if path == "consul.token" || path == "pin.secrets" || path == "admin.token" {
                 if let toml::Value::String(s) = &value {
                     if s.len() > 3 {
                         prop_assert!(!errors.iter().any(|e| e.to_string().contains(s.as_str())), "{:?}", errors);

@@ -5,6 +5,8 @@
 //! durations, addresses, names, clashes) so `graysplit -t` can print them in one go, nginx-style,
 //! each with its key, the bad value and the rule.
 
+pub mod admin;
+pub mod consul_address;
 pub mod duration;
 pub mod file;
 pub mod gray;
@@ -76,6 +78,8 @@ pub struct Config {
     pub gray: crate::gray::GraySettings,
     /// `[pin]`: the pin cookie (one page, one build).
     pub pin: crate::pin::PinSettings,
+    /// `[admin]`: the admin listener's token and status page format.
+    pub admin: admin::AdminSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +94,8 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     pub access_log: bool,
     pub debug_headers: bool,
+    /// The request id header (kept from trusted proxies, else generated); `None`: off.
+    pub request_id_header: Option<http::HeaderName>,
 }
 
 /// How graysplit sets the `Host` header on proxied requests.
@@ -326,6 +332,7 @@ impl Validator<'_> {
             !consul.addresses.is_empty(),
         );
         let pin = self.pin(&raw.pin);
+        let admin = self.admin(&raw.admin, &raw.server.admin_listen);
         Config {
             path: path.to_path_buf(),
             server,
@@ -335,6 +342,7 @@ impl Validator<'_> {
             pools,
             gray,
             pin,
+            admin,
         }
     }
 
@@ -381,7 +389,24 @@ impl Validator<'_> {
             keepalive_timeout: self.duration("server.keepalive_timeout", &s.keepalive_timeout),
             access_log: s.access_log,
             debug_headers: s.debug_headers,
+            request_id_header: self.request_id_header(&s.request_id_header),
         }
+    }
+
+    /// `server.request_id_header`: a header name, or "" for none.
+    fn request_id_header(&mut self, value: &str) -> Option<http::HeaderName> {
+        if value.is_empty() {
+            return None;
+        }
+        http::HeaderName::from_bytes(value.as_bytes())
+            .map_err(|_| {
+                self.error(
+                    "server.request_id_header",
+                    value,
+                    "must be a header name such as \"X-Request-Id\" (\"\" = no request ids)",
+                )
+            })
+            .ok()
     }
 
     fn upstream(&mut self, u: &file::UpstreamSection) -> UpstreamConfig {
@@ -468,32 +493,35 @@ impl Validator<'_> {
         }
     }
 
-    /// `http(s)://host[:port]`, returned without a trailing '/'.
+    /// `http(s)://host[:port]`, or `host:port` as upsync writes it (plain HTTP); returned
+    /// without a trailing '/' (see [`consul_address`]).
     fn consul_address(&mut self, key: &str, value: &str) -> Option<String> {
-        const RULE: &str =
-            "must be an http:// or https:// URL of a Consul agent, e.g. \"http://127.0.0.1:8500\"";
-        let Ok(url) = reqwest::Url::parse(value.trim()) else {
-            self.error(key, value, RULE);
-            return None;
-        };
-        if !url.username().is_empty() || url.password().is_some() {
-            // The value holds a credential, so it is not echoed.
-            self.error_no_value(
-                key,
-                "must not contain a user or password (use `token` for Consul ACLs)",
-            );
-            return None;
+        match consul_address::normalise(value) {
+            Ok(url) => Some(url),
+            Err(consul_address::AddressError::Invalid(rule)) => {
+                self.error(key, value, rule);
+                None
+            }
+            Err(consul_address::AddressError::KvPath(prefix)) => {
+                self.error(
+                    key,
+                    value,
+                    format!(
+                        "is an upsync line: the address is the part before /v1/kv, and the KV \
+                         folder goes in the pool, e.g. consul_prefix = {prefix:?}"
+                    ),
+                );
+                None
+            }
+            Err(consul_address::AddressError::Credential) => {
+                // The value holds a credential, so it is not echoed.
+                self.error_no_value(
+                    key,
+                    "must not contain a user or password (use `token` for Consul ACLs)",
+                );
+                None
+            }
         }
-        if !matches!(url.scheme(), "http" | "https")
-            || url.host_str().is_none()
-            || url.path() != "/"
-            || url.query().is_some()
-            || url.fragment().is_some()
-        {
-            self.error(key, value, RULE);
-            return None;
-        }
-        Some(url.origin().ascii_serialization())
     }
 
     /// The token from the file, else from the environment. Never echoed in errors.
@@ -665,7 +693,7 @@ fn shape_error(text: &str, e: &toml::de::Error) -> ConfigError {
         return syntax;
     };
     let line = text.get(..at).map_or(1, |b| b.matches('\n').count() + 1);
-    let secret = key == "consul.token" || key.starts_with("pin.secrets");
+    let secret = key == "consul.token" || key == "admin.token" || key.starts_with("pin.secrets");
     let rule = if secret {
         // serde quotes the value it refused; this one is not shown.
         format!("has the wrong type (line {line}; the value is not shown: it is a secret)")

@@ -205,6 +205,32 @@ fn consul_addresses_are_normalised_and_https_is_accepted() {
 }
 
 #[test]
+fn consul_addresses_as_upsync_writes_them_are_plain_http() {
+    let c = load_env(
+        "[consul]\naddresses = [\"192.168.59.105:8510\", \"consul.internal:8500\"]\n\
+         [pools.base]\nconsul_prefix = \"upstreams/base/\"\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        c.consul.addresses,
+        vec!["http://192.168.59.105:8510", "http://consul.internal:8500"]
+    );
+    let e = errors(
+        "[consul]\naddresses = [\"192.168.59.105:8510/v1/kv/upstreams/base/\"]\n\
+         [pools.base]\nconsul_prefix = \"upstreams/base/\"\n",
+    );
+    assert_eq!(
+        e,
+        vec![
+            "consul.addresses[0] = \"192.168.59.105:8510/v1/kv/upstreams/base/\": is an upsync \
+             line: the address is the part before /v1/kv, and the KV folder goes in the pool, \
+             e.g. consul_prefix = \"upstreams/base/\""
+        ]
+    );
+}
+
+#[test]
 fn consul_prefix_must_end_with_a_slash() {
     let e = errors(
         "[consul]\naddresses = [\"http://127.0.0.1:8500\"]\n\
@@ -274,18 +300,17 @@ fn consul_prefix_without_addresses_is_an_error() {
 #[test]
 fn bad_consul_values_are_all_reported() {
     let e = errors(
-        "[consul]\naddresses = [\"127.0.0.1:8500\", \"ftp://x\", \"http://h:1/v1/kv\", \
+        "[consul]\naddresses = [\"127.0.0.1:85x0\", \"ftp://x\", \"http://h:1/v1/agent\", \
          \"http://user:hunter2@h:1\"]\nwait = \"11m\"\ninterval = \"0s\"\ntimeout = \"10s\"\n\
          [pools.base]\nconsul_prefix = \"upstreams/base/\"\n",
     );
-    let rule =
-        "must be an http:// or https:// URL of a Consul agent, e.g. \"http://127.0.0.1:8500\"";
+    let rule = crate::config::consul_address::RULE;
     assert_eq!(
         e,
         vec![
-            format!("consul.addresses[0] = \"127.0.0.1:8500\": {rule}"),
+            format!("consul.addresses[0] = \"127.0.0.1:85x0\": {rule}"),
             format!("consul.addresses[1] = \"ftp://x\": {rule}"),
-            format!("consul.addresses[2] = \"http://h:1/v1/kv\": {rule}"),
+            format!("consul.addresses[2] = \"http://h:1/v1/agent\": {rule}"),
             "consul.addresses[3]: must not contain a user or password (use `token` for Consul ACLs)"
                 .to_string(),
             "consul.wait = \"11m\": must be at most 10m (Consul caps blocking queries at 10 minutes)"

@@ -61,6 +61,8 @@ pub struct GrayEngine {
     /// Every header name any pool sets: client-sent copies are removed before ours are added.
     strip: Vec<HeaderName>,
     switches: ArcSwap<Switches>,
+    /// Where the switches came from last: "config", "switches file" or "Consul".
+    switches_source: ArcSwap<&'static str>,
     file_whitelist: ArcSwap<Whitelist>,
     whitelist_watch: Option<WatchedFile>,
     switches_watch: Option<WatchedFile>,
@@ -85,6 +87,7 @@ impl GrayEngine {
         let engine = Self {
             strip,
             switches: ArcSwap::from_pointee(settings.defaults),
+            switches_source: ArcSwap::from_pointee("config"),
             file_whitelist: ArcSwap::from_pointee(Whitelist::default()),
             whitelist_watch: settings
                 .whitelist_file
@@ -136,8 +139,17 @@ impl GrayEngine {
         **self.switches.load()
     }
 
+    /// Where [`GrayEngine::switches`] came from: "config" (the defaults), "switches file" or
+    /// "Consul" (keys absent there mean the config default).
+    pub fn switches_source(&self) -> &'static str {
+        **self.switches_source.load()
+    }
+
     /// Replaces the runtime switches (from Consul or the switches file).
-    pub fn set_switches(&self, sw: Switches, source: &str) {
+    pub fn set_switches(&self, sw: Switches, source: &'static str) {
+        if **self.switches_source.load() != source {
+            self.switches_source.store(Arc::new(source));
+        }
         if **self.switches.load() != sw {
             info!(
                 "gray switches from {source}: enabled={} all={} percent={}",

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::gray::Client;
 use crate::pin::Pin;
+use crate::upstream::in_flight::InFlight;
 use crate::upstream::pool::Pool;
 use crate::upstream::server::Server;
 
@@ -45,6 +46,10 @@ pub struct RequestCtx {
     pub miss_retry: bool,
     /// What happened to the pin on this response (`new`, `changed`, …), for the access log.
     pub pin_event: Option<&'static str>,
+    /// This request's id (request_id.rs), when request ids are on.
+    pub request_id: Option<String>,
+    /// Counts this request on the server of the current attempt until the request ends.
+    pub in_flight: Option<InFlight>,
 }
 
 impl Default for RequestCtx {
@@ -66,6 +71,8 @@ impl Default for RequestCtx {
             routed: false,
             miss_retry: false,
             pin_event: None,
+            request_id: None,
+            in_flight: None,
         }
     }
 }

@@ -2,27 +2,29 @@
 //!
 //! ```text
 //! early_request_filter   downstream keep-alive timeout
-//! request_filter         page or asset, read the pin, decide the pool once (stored in ctx;
-//!                        retries do not re-decide); a pinned asset follows its pin (pinning.rs)
+//! request_filter         request id (request_id.rs); page or asset, read the pin, decide the
+//!                        pool once (stored in ctx; retries do not re-decide); a pinned asset
+//!                        follows its pin (pinning.rs)
 //! upstream_peer          pick a server in that pool (of the pinned build for a sticky asset),
 //!                        skipping servers this request already tried; pinned build gone → any
 //!                        server of the pool (`build_gone`); gray without a usable server → base
-//!                        (`gray_unavailable`), none → 502
+//!                        (`gray_unavailable`), none → 502; counts the server's in-flight requests
 //! fail_to_connect        passive failure + retry on another server (nothing was sent yet)
 //! upstream_response_filter  asset-miss guard (pinning.rs); fail_on_status counts,
 //!                        retry_on_status retries GET/HEAD (passive.rs)
 //! error_while_proxy      passive failure (once per attempt) + retry of GET/HEAD on another server
 //!                        while nothing reached the client (passive.rs, nginx's proxy_next_upstream)
-//! upstream_request_filter Host / X-Real-IP / X-Forwarded-For as the seed's nginx did
-//! response_filter        pin cookie when issued, changed or refreshed; debug headers
+//! upstream_request_filter Host / X-Real-IP / X-Forwarded-For as the seed's nginx did; request id
+//! response_filter        pin cookie when issued, changed or refreshed; debug headers; request id
 //! fail_to_proxy          short plain 502/504 page with Retry-After, never a hang
-//! logging                access line, passive success/failure bookkeeping
+//! logging                access line, metrics by pool and build, passive success bookkeeping
 //! ```
 
 pub mod ctx;
 pub mod forwarded;
 mod passive;
 mod pinning;
+pub mod request_id;
 pub mod select;
 
 use std::sync::Arc;
@@ -39,8 +41,9 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::config::{HostHeader, UpstreamConfig, BASE_POOL};
 use crate::gray::decision::Target;
 use crate::gray::GrayEngine;
-use crate::metrics::{FailKind, Metrics};
+use crate::metrics::{by_build, FailKind, Metrics};
 use crate::pin::Pinner;
+use crate::upstream::in_flight::InFlight;
 use crate::upstream::pool::Pool;
 use crate::upstream::Pools;
 use ctx::RequestCtx;
@@ -59,6 +62,8 @@ pub struct ProxySettings {
     pub pin: Arc<Pinner>,
     /// Set on SIGQUIT/SIGTERM: answers carry `Connection: close` (crate::lifecycle).
     pub draining: crate::lifecycle::Draining,
+    /// Request ids (`server.request_id_header`); `None`: off.
+    pub request_ids: Option<Arc<request_id::RequestIds>>,
 }
 
 pub struct GraySplit {
@@ -130,6 +135,7 @@ impl ProxyHttp for GraySplit {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        ctx.request_id = self.request_id(session.req_header(), ctx.peer_ip);
         let pinned = self.read_pin(session, ctx);
         let req = session.req_header();
         let peer = ctx
@@ -193,6 +199,8 @@ impl ProxyHttp for GraySplit {
         ctx.upstream_started
             .get_or_insert_with(std::time::Instant::now);
         ctx.attempt_failed = false;
+        // Replacing the previous attempt's guard moves the count to this server.
+        ctx.in_flight = Some(InFlight::start(&pick.server.health));
         let peer = self.peer_for(&pick.server);
         ctx.server = Some(pick.server);
         Ok(Box::new(peer))
@@ -315,6 +323,10 @@ impl ProxyHttp for GraySplit {
             // Like nginx's realip module: behind a trusted proxy, X-Real-IP is the real client.
             req.insert_header("x-real-ip", real_ip.to_string())?;
         }
+        // Replaces whatever the client sent: only an id a trusted peer sent was kept.
+        if let (Some(ids), Some(id)) = (&self.settings.request_ids, &ctx.request_id) {
+            req.insert_header(ids.header().clone(), id.as_str())?;
+        }
         Ok(())
     }
 
@@ -337,6 +349,9 @@ impl ProxyHttp for GraySplit {
                 resp.insert_header("x-graysplit-pool", pool.name.as_str())?;
             }
             resp.insert_header("x-graysplit-reason", ctx.reason)?;
+        }
+        if let (Some(ids), Some(id)) = (&self.settings.request_ids, &ctx.request_id) {
+            resp.insert_header(ids.header().clone(), id.as_str())?;
         }
         Ok(())
     }
@@ -370,14 +385,18 @@ impl ProxyHttp for GraySplit {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy
     where
         Self::CTX: Send + Sync,
     {
         let code = error_status(e);
         if code > 0 {
-            if let Err(err) = write_error_page(session, code).await {
+            let id = match (&self.settings.request_ids, &ctx.request_id) {
+                (Some(ids), Some(id)) => Some((ids.header(), id.as_str())),
+                _ => None,
+            };
+            if let Err(err) = write_error_page(session, code, id).await {
                 log::debug!("could not send the {code} page: {err}");
             }
         }
@@ -396,31 +415,35 @@ impl ProxyHttp for GraySplit {
             server.health.record_success();
         }
         let pool = ctx.pool.as_ref().map_or("-", |p| p.name.as_str());
-        let metrics = &self.settings.metrics;
-        metrics.request(pool, ctx.reason, status);
-        if let (Some(started), None) = (ctx.upstream_started, e) {
-            metrics.upstream_time(pool, started.elapsed());
-        }
+        let build = match (&ctx.pool, &ctx.server) {
+            (Some(p), Some(s)) => select::build_of(s, p),
+            _ => by_build::NONE,
+        };
+        let upstream_time = match (ctx.upstream_started, e) {
+            (Some(started), None) => Some(started.elapsed()),
+            _ => None,
+        };
+        self.settings
+            .metrics
+            .request(pool, build, ctx.reason, status, upstream_time);
         if !self.settings.access_log {
             return;
         }
         let req = session.req_header();
         info!(
             target: "access",
-            "{} \"{} {}\" {} pool={} build={} server={} reason={} pin={} tries={} {}ms",
+            "{} \"{} {}\" {} pool={} build={} server={} reason={} pin={} tries={} id={} {}ms",
             ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into()),
             req.method,
             req.uri.path(),
             status,
             ctx.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("-"),
-            match (&ctx.pool, &ctx.server) {
-                (Some(p), Some(s)) => select::build_of(s, p),
-                _ => "-",
-            },
+            if ctx.server.is_some() { build } else { "-" },
             ctx.server.as_ref().map(|s| s.spec.name.as_str()).unwrap_or("-"),
             ctx.reason,
             ctx.pin_event.unwrap_or("-"),
             ctx.tried.len(),
+            ctx.request_id.as_deref().unwrap_or("-"),
             ctx.started.elapsed().as_millis()
         );
     }
@@ -451,8 +474,13 @@ pub fn error_status(e: &Error) -> u16 {
     }
 }
 
-/// A short plain page; 502/503/504 carry `Retry-After` so clients and CDNs back off briefly.
-async fn write_error_page(session: &mut Session, code: u16) -> Result<()> {
+/// A short plain page; 502/503/504 carry `Retry-After` so clients and CDNs back off briefly, and
+/// the request id, if any, so a report of the error can be found in the log.
+async fn write_error_page(
+    session: &mut Session,
+    code: u16,
+    request_id: Option<(&http::HeaderName, &str)>,
+) -> Result<()> {
     let reason = http::StatusCode::from_u16(code)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -464,6 +492,9 @@ async fn write_error_page(session: &mut Session, code: u16) -> Result<()> {
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if matches!(code, 502..=504) {
         resp.insert_header(http::header::RETRY_AFTER, "5")?;
+    }
+    if let Some((name, id)) = request_id {
+        resp.insert_header(name.clone(), id)?;
     }
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), false).await?;

@@ -39,9 +39,15 @@ impl GraySplit {
                 server.spec.name, server.spec.fail_timeout, server.spec.max_fails
             );
         }
+        let build = ctx
+            .pool
+            .as_ref()
+            .map_or(crate::metrics::by_build::NONE, |p| {
+                select::build_of(server, p)
+            });
         self.settings
             .metrics
-            .passive_failure(&self.pool_name(ctx), kind, ejected);
+            .passive_failure(&self.pool_name(ctx), build, kind, ejected);
     }
 
     /// May this request try another server? (`tries` left, and a server left to try.)

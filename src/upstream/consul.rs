@@ -405,12 +405,31 @@ impl PoolWatcher {
                 self.state.lock().servers_from = "consul";
                 if self.dump_stale.load(Ordering::Relaxed) {
                     self.write_dump().await;
+                } else {
+                    self.refresh_dump().await;
                 }
             }
         }
         // A name that did not resolve is retried with the next answer, even an unchanged one.
         let complete = resolved.values().all(Result::is_ok);
         *self.last.lock() = complete.then_some(entries);
+    }
+
+    /// Writes the dump when there is none yet (a pool that is empty from the start: nginx's
+    /// `include` needs the file) or when it says something else than we would write (e.g. a dump
+    /// of an older version, in a form nginx refuses).
+    async fn refresh_dump(&self) {
+        let Some(path) = self.dump_path.clone() else {
+            return;
+        };
+        let text = dump::render(&self.pool.name, &self.prefix, &self.pool.snapshot().specs());
+        let current = tokio::task::spawn_blocking(move || std::fs::read_to_string(path).ok())
+            .await
+            .ok()
+            .flatten();
+        if current.as_deref() != Some(text.as_str()) {
+            self.write_dump().await;
+        }
     }
 
     async fn write_dump(&self) {

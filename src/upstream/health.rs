@@ -35,6 +35,8 @@ pub struct ServerHealth {
     window_start_ms: AtomicU64,
     /// Ejected until this instant (ms since `epoch`); 0 = not ejected.
     ejected_until_ms: AtomicU64,
+    /// Requests proxied to this address right now (see [`super::in_flight::InFlight`]).
+    in_flight: AtomicU32,
 }
 
 impl Default for ServerHealth {
@@ -62,7 +64,22 @@ impl ServerHealth {
             fails: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
         }
+    }
+
+    /// Requests proxied to this address right now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Only [`super::in_flight::InFlight`] calls these, in pairs.
+    pub(super) fn in_flight_add(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn in_flight_sub(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {

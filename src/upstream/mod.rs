@@ -5,10 +5,12 @@ pub mod consul;
 pub mod dump;
 pub mod file_source;
 pub mod health;
+pub mod in_flight;
 pub mod kv_value;
 pub mod pool;
 pub mod probe;
 pub mod server;
+pub mod upsync_comment;
 pub mod upsync_format;
 
 use std::collections::BTreeMap;

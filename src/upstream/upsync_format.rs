@@ -6,15 +6,19 @@
 //! ```
 //!
 //! The same text can be `include`d in an nginx `upstream {}` block for a rollback, so rendering
-//! never writes anything nginx would refuse; our build id lives in a trailing comment.
+//! never writes anything nginx would refuse: what nginx cannot hold (a drain, a sub-second
+//! `fail_timeout`, our build id) lives in the trailing comment ([`super::upsync_comment`]), and a
+//! pool without a primary server gets a placeholder line nginx needs and graysplit skips.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::server::{ServerSpec, MAX_FAIL_TIMEOUT};
+use super::upsync_comment;
 use crate::config::duration;
+
+pub use super::upsync_comment::valid_build;
 
 /// A line that could not be used, with its 1-based number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +95,14 @@ pub fn parse_line_with(line: &str, lookup: Lookup<'_>) -> Result<Option<ServerSp
     if body.is_empty() {
         return Ok(None);
     }
+    let notes = comment
+        .map(upsync_comment::parse)
+        .transpose()?
+        .unwrap_or_default();
+    if notes.placeholder {
+        // Written for nginx's sake into a pool without a primary server; not a server.
+        return Ok(None);
+    }
     let Some(body) = body.strip_suffix(';') else {
         return Err("missing ';' at the end of the server line".into());
     };
@@ -104,9 +116,7 @@ pub fn parse_line_with(line: &str, lookup: Lookup<'_>) -> Result<Option<ServerSp
     for word in words {
         apply_param(&mut spec, word)?;
     }
-    if let Some(build) = comment.and_then(build_from_comment) {
-        spec.build = Some(build?);
-    }
+    upsync_comment::apply(&notes, &mut spec);
     Ok(Some(spec))
 }
 
@@ -136,26 +146,6 @@ fn fail_timeout(v: &str) -> Result<Duration, String> {
         return Err(format!("fail_timeout={v}: must be at most 1d (86400s)"));
     }
     Ok(d)
-}
-
-fn build_from_comment(comment: &str) -> Option<Result<String, String>> {
-    let value = comment
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("build="))?;
-    Some(if valid_build(value) {
-        Ok(value.to_string())
-    } else {
-        Err(format!(
-            "build={value:?}: a build id is 1-64 characters of a-z, A-Z, 0-9, '.', '_' or '-'"
-        ))
-    })
-}
-
-/// Build ids travel in cookies and headers, so they are kept to a safe alphabet.
-pub fn valid_build(b: &str) -> bool {
-    (1..=64).contains(&b.len())
-        && b.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 /// `ip:port`, `[v6]:port` or `host:port` (resolved now, first address wins).
@@ -197,31 +187,35 @@ fn dns_lookup(host: &str, port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{name:?} resolves to no address"))
 }
 
-/// Renders one server as an upsync dump line.
+/// Renders one server as an upsync dump line that nginx accepts and graysplit reads back exactly.
 pub fn render_line(s: &ServerSpec) -> String {
-    let mut line = format!(
-        "server {} weight={} max_fails={} fail_timeout={}",
-        s.name,
-        s.weight,
-        s.max_fails,
-        duration::format(s.fail_timeout)
-    );
-    if s.down {
-        line.push_str(" down");
-    }
-    if s.backup {
-        line.push_str(" backup");
-    }
-    line.push(';');
-    if let Some(b) = &s.build {
-        let _ = write!(line, " # build={b}");
-    }
-    line
+    render_line_marked(s, &[])
 }
 
-/// Renders a whole pool, one line per server.
+/// [`render_line`] with notes in the comment (e.g. `unhealthy`), which parsing ignores.
+pub fn render_line_marked(s: &ServerSpec, marks: &[&str]) -> String {
+    format!(
+        "server {} {};{}",
+        s.name,
+        upsync_comment::nginx_params(s),
+        upsync_comment::render(s, marks)
+    )
+}
+
+/// Renders a whole pool, one line per server. A pool without a primary server (empty, or only
+/// `backup` servers) starts with [`upsync_comment::PLACEHOLDER_LINE`]: nginx refuses an upstream
+/// without one, and graysplit skips it when reading.
 pub fn render(servers: &[ServerSpec]) -> String {
-    servers.iter().map(|s| render_line(s) + "\n").collect()
+    let mut out = String::new();
+    if servers.iter().all(|s| s.backup) {
+        out.push_str(upsync_comment::PLACEHOLDER_LINE);
+        out.push('\n');
+    }
+    for s in servers {
+        out.push_str(&render_line(s));
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -290,6 +284,43 @@ mod tests {
             "server 10.0.0.1:8080 weight=2 max_fails=2 fail_timeout=10s down; # build=b-7"
         );
         assert_eq!(parse_line(&line).unwrap(), Some(s));
+    }
+
+    #[test]
+    fn a_pool_without_a_primary_gets_a_placeholder_that_reads_back_as_nothing() {
+        assert_eq!(
+            render(&[]),
+            format!("{}\n", upsync_comment::PLACEHOLDER_LINE)
+        );
+        assert_eq!(parse(&render(&[])), Parsed::default());
+        let mut b = ServerSpec::new("10.0.0.1:80".parse().unwrap(), "10.0.0.1:80");
+        b.backup = true;
+        let text = render(std::slice::from_ref(&b));
+        assert!(text.starts_with(upsync_comment::PLACEHOLDER_LINE), "{text}");
+        let p = parse(&text);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.servers, vec![b.clone()]);
+        b.backup = false;
+        assert!(
+            !render(&[b]).contains("placeholder"),
+            "a primary: no placeholder"
+        );
+    }
+
+    #[test]
+    fn a_drained_server_is_written_as_nginx_accepts_and_read_back_drained() {
+        let mut s = ServerSpec::new("10.0.0.1:80".parse().unwrap(), "10.0.0.1:80");
+        s.weight = 0;
+        s.fail_timeout = Duration::from_millis(2500);
+        let line = render_line(&s);
+        assert_eq!(
+            line,
+            "server 10.0.0.1:80 weight=1 max_fails=2 fail_timeout=3s down; \
+             # graysplit: weight=0 fail_timeout=2500ms"
+        );
+        let back = parse_line(&line).unwrap().unwrap();
+        assert_eq!((back.weight, back.down), (0, false));
+        assert_eq!(back, s);
     }
 
     #[test]
@@ -527,10 +558,55 @@ mod fuzz_tests {
         Ok(())
     }
 
+    /// What nginx 1.22's `ngx_http_upstream_server` accepts in the parameters of a line (the real
+    /// `nginx -t` runs in tests/dump_nginx.rs): `weight` at least 1, `fail_timeout` in seconds.
+    fn assert_nginx_accepts(line: &str) -> Result<(), TestCaseError> {
+        let body = line.split('#').next().unwrap_or("").trim();
+        prop_assert!(body.ends_with(';'), "{}", line);
+        for word in body.trim_end_matches(';').split_whitespace().skip(2) {
+            match word.split_once('=') {
+                Some(("weight", v)) => {
+                    prop_assert!(v.parse::<u32>().is_ok_and(|w| w >= 1), "{}", line)
+                }
+                Some(("max_fails", v)) => prop_assert!(v.parse::<u32>().is_ok(), "{}", line),
+                Some(("fail_timeout", v)) => prop_assert!(
+                    v.strip_suffix('s')
+                        .is_some_and(|n| n.parse::<u64>().is_ok()),
+                    "{}",
+                    line
+                ),
+                None => prop_assert!(word == "down" || word == "backup", "{}", line),
+                _ => prop_assert!(false, "{}", line),
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #[test]
         fn fuzz_rendered_line_round_trips(spec in spec()) {
             assert_renders_back(&spec)?;
+            assert_nginx_accepts(&render_line(&spec))?;
+        }
+
+        #[test]
+        fn fuzz_rendered_pool_reads_back_and_has_a_primary_for_nginx(
+            specs in proptest::collection::vec(spec(), 0..8),
+        ) {
+            let mut seen = HashSet::new();
+            let specs: Vec<ServerSpec> = specs.into_iter().filter(|s| seen.insert(s.addr)).collect();
+            let text = render(&specs);
+            let parsed = parse_with(&text, &fake_lookup);
+            prop_assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+            prop_assert_eq!(&parsed.servers, &specs);
+            let primaries = text
+                .lines()
+                .filter(|l| !l.split('#').next().unwrap_or("").contains(" backup"))
+                .count();
+            prop_assert!(primaries >= 1, "{}", text);
+            for line in text.lines() {
+                assert_nginx_accepts(line)?;
+            }
         }
 
         #[test]

@@ -31,6 +31,10 @@ pub struct ServerOptions {
     pub graceful_shutdown_timeout: &'static str,
     /// Extra environment for the process (e.g. `GRAYSPLIT_PIN_SECRETS`).
     pub env: Vec<(&'static str, String)>,
+    /// The admin listener's IP (its port is always a fresh one), e.g. "0.0.0.0".
+    pub admin_ip: &'static str,
+    /// More `[server]` lines (e.g. `request_id_header = "X-Trace"`).
+    pub server_extra: String,
 }
 
 impl Default for ServerOptions {
@@ -39,6 +43,8 @@ impl Default for ServerOptions {
             grace_period: "1s",
             graceful_shutdown_timeout: "1s",
             env: Vec::new(),
+            admin_ip: "127.0.0.1",
+            server_extra: String::new(),
         }
     }
 }
@@ -75,13 +81,14 @@ impl Graysplit {
             std::fs::write(dir.path().join(name), text).expect("write file");
         }
         let listen = super::free_addr();
-        let admin = super::free_addr();
+        let admin_ip: std::net::IpAddr = opts.admin_ip.parse().expect("admin_ip");
+        let admin = SocketAddr::new(admin_ip, super::free_port());
         let d = dir.path().display();
         let conf = format!(
             "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\
              pid_file = \"{d}/graysplit.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
-             grace_period = \"{}\"\ngraceful_shutdown_timeout = \"{}\"\n\n{extra_toml}\n",
-            opts.grace_period, opts.graceful_shutdown_timeout
+             grace_period = \"{}\"\ngraceful_shutdown_timeout = \"{}\"\n{}\n\n{extra_toml}\n",
+            opts.grace_period, opts.graceful_shutdown_timeout, opts.server_extra
         );
         std::fs::write(dir.path().join("graysplit.toml"), conf).expect("write config");
         let current = Proc::spawn(&[], dir.path(), "graysplit", opts);
