@@ -118,26 +118,8 @@ pub struct UpstreamConfig {
     pub retry_on_status: Vec<u16>,
 }
 
-/// A secret (the Consul ACL token): `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(secret: impl Into<String>) -> Secret {
-        Secret(secret.into())
-    }
-
-    /// The secret itself, for the one place that must send it (the `X-Consul-Token` header).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+/// Secrets live in their own module (`crate::secret`), shared with `pin` without a cycle.
+pub use crate::secret::Secret;
 
 /// Environment variable holding the Consul token when the config file does not set `token`
 /// (keeps the secret out of a file that is usually in version control).
@@ -513,7 +495,7 @@ impl Validator<'_> {
             );
             return None;
         }
-        Some(Secret(token))
+        Some(Secret::new(token))
     }
 
     fn pools(

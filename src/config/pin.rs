@@ -160,7 +160,7 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            out.push(Secret(s));
+            out.push(Secret::new(s));
         }
         out
     }

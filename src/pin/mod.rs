@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use classify::AssetPatterns;
 use cookie::{Keys, Reject};
 
