@@ -9,8 +9,10 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod cookies;
 pub mod demo;
 pub mod gray;
+pub mod http_cache;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pin;

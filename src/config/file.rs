@@ -22,6 +22,10 @@ pub struct FileConfig {
     pub routes: Vec<super::gray::RouteSection>,
     /// The pin cookie (`[pin]`).
     pub pin: super::pin::PinSection,
+    /// Caching headers of responses decided per client (`[cache]`).
+    pub cache: super::cache::CacheSection,
+    /// The visitor id cookie (`[visitor]`).
+    pub visitor: super::visitor::VisitorSection,
 }
 
 #[derive(Debug, Deserialize)]

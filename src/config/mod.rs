@@ -5,11 +5,13 @@
 //! durations, addresses, names, clashes) so `graysplit -t` can print them in one go, nginx-style,
 //! each with its key, the bad value and the rule.
 
+pub mod cache;
 pub mod duration;
 pub mod file;
 pub mod gray;
 pub mod health;
 pub mod pin;
+pub mod visitor;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -76,6 +78,8 @@ pub struct Config {
     pub gray: crate::gray::GraySettings,
     /// `[pin]`: the pin cookie (one page, one build).
     pub pin: crate::pin::PinSettings,
+    /// `[cache]`: caching headers of responses decided per client.
+    pub cache: crate::http_cache::CacheSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -300,14 +304,16 @@ impl Validator<'_> {
                 pool.health = health::resolve(&mut self.errors, &prefix, &section, &health);
             }
         }
-        let gray = self.gray(
+        let mut gray = self.gray(
             &raw.gray,
             &raw.routes,
             &pools,
             base_dir,
             !consul.addresses.is_empty(),
         );
+        gray.visitor = self.visitor(&raw.visitor, raw.pin.secure, &raw.pin.name);
         let pin = self.pin(&raw.pin);
+        let cache = self.cache(&raw.cache);
         Config {
             path: path.to_path_buf(),
             server,
@@ -317,6 +323,7 @@ impl Validator<'_> {
             pools,
             gray,
             pin,
+            cache,
         }
     }
 

@@ -15,6 +15,10 @@ const MAX_MAX_AGE: Duration = Duration::from_secs(400 * 86_400);
 /// Default lifetime of a session pin (no `max_age`).
 const DEFAULT_LIFETIME: &str = "12h";
 
+/// Longest `build_wait`: a request held longer than this helps nobody (browsers and users give
+/// up), and every waiting request holds a connection.
+const MAX_BUILD_WAIT: Duration = Duration::from_secs(60);
+
 #[derive(Deserialize)]
 #[serde(default)]
 pub struct PinSection {
@@ -27,6 +31,8 @@ pub struct PinSection {
     pub max_age: String,
     /// "" = `max_age` when set, else 12h.
     pub lifetime: String,
+    pub grace: String,
+    pub build_wait: String,
     pub asset_patterns: Vec<String>,
     pub retry_missing_assets: bool,
     pub reject_html_assets: bool,
@@ -41,6 +47,8 @@ impl Default for PinSection {
             secure: false,
             max_age: String::new(),
             lifetime: String::new(),
+            grace: "5m".into(),
+            build_wait: "5s".into(),
             asset_patterns: DEFAULT_ASSET_PATTERNS
                 .iter()
                 .map(|s| s.to_string())
@@ -63,6 +71,8 @@ impl std::fmt::Debug for PinSection {
             .field("secure", &self.secure)
             .field("max_age", &self.max_age)
             .field("lifetime", &self.lifetime)
+            .field("grace", &self.grace)
+            .field("build_wait", &self.build_wait)
             .field("asset_patterns", &self.asset_patterns)
             .field("retry_missing_assets", &self.retry_missing_assets)
             .field("reject_html_assets", &self.reject_html_assets)
@@ -109,6 +119,26 @@ impl Validator<'_> {
                 d
             }
         };
+        let grace = self.duration("pin.grace", &p.grace);
+        // A lifetime that failed its own check (zero) is reported already.
+        if grace > lifetime && !lifetime.is_zero() {
+            self.error(
+                "pin.grace",
+                &p.grace,
+                format!(
+                    "must be at most the lifetime ({}): a pin is never honoured past it",
+                    duration::format(lifetime)
+                ),
+            );
+        }
+        let build_wait = self.duration("pin.build_wait", &p.build_wait);
+        if build_wait > MAX_BUILD_WAIT {
+            self.error(
+                "pin.build_wait",
+                &p.build_wait,
+                "must be at most 1m (each waiting request holds a connection; browsers give up)",
+            );
+        }
         let assets = match AssetPatterns::new(&p.asset_patterns) {
             Ok(a) => a,
             Err((i, rule)) => {
@@ -127,6 +157,8 @@ impl Validator<'_> {
             secure: p.secure,
             max_age,
             lifetime,
+            grace,
+            build_wait,
             assets,
             retry_missing: p.retry_missing_assets,
             reject_html: p.reject_html_assets,
@@ -204,6 +236,7 @@ mod tests {
         assert!(p.secrets.is_empty(), "none: a random one at start");
         assert_eq!(p.max_age, None);
         assert_eq!(p.lifetime.as_secs(), 12 * 3600);
+        assert_eq!((p.grace.as_secs(), p.build_wait.as_secs()), (300, 5));
         assert!(p.assets.matches("/assets/app.js") && !p.assets.matches("/index.html"));
     }
 
@@ -238,6 +271,12 @@ mod tests {
         );
         assert_eq!(e[3].value.as_deref(), Some("assets/*"));
         assert!(e[3].rule.contains("must start with '/'"));
+        let e = errors("grace = \"13h\"\nbuild_wait = \"2m\"");
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["pin.grace", "pin.build_wait"], "{e:?}");
+        assert!(e[0].rule.contains("at most the lifetime (43200s)"), "{}", e[0]);
+        let c = load("grace = \"0s\"\nbuild_wait = \"0s\"", None).unwrap();
+        assert!(c.pin.grace.is_zero() && c.pin.build_wait.is_zero(), "0s: check always, never wait");
         let e = errors("max_age = \"401d\"");
         assert!(e[0].rule.contains("400d"), "{e:?}");
         let e = errors("colour = \"red\"");
