@@ -192,6 +192,9 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
 /// The pin keys; without a configured secret a random one, and a warning saying what that costs.
 fn pinner(config: &Config) -> Pinner {
     let pinner = Pinner::new(config.pin.clone());
+    for w in crate::config::pin::warnings(config) {
+        warn!("{w}");
+    }
     if pinner.settings.enabled && pinner.random_secret {
         warn!(
             "pin: no secret configured ([pin] secrets or {}): using a random one. Pins will not \

@@ -198,6 +198,24 @@ impl Validator<'_> {
     }
 }
 
+/// Warnings about the pin that `graysplit -t` prints and the start logs: things that work on one
+/// instance and break a fleet. Not errors — a single instance without a secret is fine.
+pub fn warnings(config: &super::Config) -> Vec<String> {
+    let from_consul = config.pools.values().any(|p| p.consul_prefix.is_some())
+        || config.gray.consul_prefix.is_some();
+    let mut out = Vec::new();
+    if config.pin.enabled && config.pin.secrets.is_empty() && from_consul {
+        out.push(format!(
+            "pin.secrets: no secret set (nor {SECRETS_ENV}) while pools or switches come from \
+             Consul, which usually means several instances: each one signs pins with its own \
+             random secret and rejects the others', so behind a load balancer pages mix builds \
+             (and every restart re-pins everyone). Set the same secret on every instance, e.g. \
+             {SECRETS_ENV}=$(openssl rand -hex 32)"
+        ));
+    }
+    out
+}
+
 /// Cookie names as we allow them (a safe subset of RFC 6265's token).
 fn valid_cookie_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -295,6 +313,29 @@ mod tests {
         );
         assert_eq!(format!("{got:?}"), format!("{want:?}"));
         assert!(got.secrets.is_empty());
+    }
+
+    #[test]
+    fn a_fleet_without_a_shared_secret_is_warned_about() {
+        let consul = "[consul]\naddresses = [\"http://127.0.0.1:8500\"]\n\
+                      [pools.base]\nconsul_prefix = \"upstreams/base/\"\n";
+        let load = |extra: &str, env: Option<&str>| {
+            Config::from_toml_with_env(
+                &format!("{consul}{extra}"),
+                Path::new("/etc/graysplit/graysplit.toml"),
+                |n| (n == super::SECRETS_ENV).then(|| env.map(str::to_string)).flatten(),
+            )
+            .unwrap()
+        };
+        let w = super::warnings(&load("", None));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("pin.secrets: no secret set"), "{}", w[0]);
+        assert!(w[0].contains("pages mix builds"));
+        assert!(super::warnings(&load("", Some("a-shared-secret-0123456789"))).is_empty());
+        assert!(super::warnings(&load("[pin]\nsecrets = [\"a-shared-secret-0123456789\"]", None)).is_empty());
+        assert!(super::warnings(&load("[pin]\nenabled = false", None)).is_empty());
+        let file_pools = Config::from_toml(POOLS, Path::new("/etc/g.toml")).unwrap();
+        assert!(super::warnings(&file_pools).is_empty(), "one machine: the start log says it");
     }
 
     #[test]
