@@ -2,11 +2,13 @@
 //! started. Every port comes from binding `127.0.0.1:0`; readiness is polled with a deadline.
 #![allow(dead_code)]
 
+pub mod builds;
 pub mod consul;
 pub mod faulty;
 pub mod load;
 pub mod nginx;
 pub mod proc;
+pub mod pyserver;
 pub mod redis;
 pub mod server_thread;
 pub mod upstream;
