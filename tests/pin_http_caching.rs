@@ -53,6 +53,8 @@ struct Shown {
     build: &'static str,
     cache_control: String,
     set_cookie: bool,
+    /// The pin after this answer, when the answer set one (`pool.build`).
+    new_pin: Option<String>,
 }
 
 /// A browser's cache and cookie jar for one client.
@@ -97,6 +99,12 @@ impl Browser {
             .filter_map(|c| c.split(';').next()?.strip_prefix("graysplit=").map(str::to_string))
             .collect();
         let set_cookie = r.headers().contains_key("set-cookie");
+        let new_pin = pins.last().map(|p| {
+            let mut parts = p.splitn(3, '.').skip(1);
+            let pool = parts.next().unwrap_or("");
+            let build = parts.next().unwrap_or("").rsplitn(3, '.').nth(2).unwrap_or("");
+            format!("{pool} {build}")
+        });
         if let Some(p) = pins.last() {
             self.pin = Some(p.clone());
         }
@@ -112,7 +120,18 @@ impl Browser {
                 c.build
             }
             _ => {
-                let b = build_in(&body).unwrap_or_else(|| panic!("{path}: {status} {body}"));
+                // An error page or a file without a build id (e.g. /healthz): nothing to cache.
+                let Some(b) = build_in(&body).filter(|_| status == 200) else {
+                    return Shown {
+                        status,
+                        pool: pool.unwrap_or_default(),
+                        reason: reason.unwrap_or_default(),
+                        build: "-",
+                        cache_control,
+                        set_cookie,
+                        new_pin,
+                    };
+                };
                 self.cache.insert(
                     path.to_string(),
                     Copy {
@@ -131,6 +150,7 @@ impl Browser {
             build,
             cache_control,
             set_cookie,
+            new_pin,
         }
     }
 }
@@ -519,4 +539,117 @@ async fn pages_are_private_and_hashed_assets_keep_their_caching() {
     let cc = r.headers()["cache-control"].to_str().unwrap().to_string();
     assert!(r.headers().contains_key("set-cookie"));
     assert_eq!(cc, "private, max-age=600", "a Set-Cookie response is private regardless");
+}
+
+/// The rollback, step by step (the table in docs/pin.md is this test's output): gray is live and
+/// a whitelisted browser has a gray page open; the operator turns gray off, then removes gray's
+/// servers. Each row is one request as the browser makes it (validators and pin included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_step_by_step() {
+    use graysplit::pin::cookie::{encode, Keys};
+    let t = base_time();
+    let (base_dir, gray_dir) = (
+        BuildDir::new("base", BASE_BUILD, t),
+        BuildDir::new("gray", GRAY_BUILD, t),
+    );
+    let (base, gray) = (
+        Nginx::serve_dir(base_dir.path(), ""),
+        Nginx::serve_dir(gray_dir.path(), ""),
+    );
+    let redis = RedisServer::start();
+    redis.cli(&["set", IP, IP]).expect("redis-cli");
+    let mut files = pools_files(&base.line(""), &gray.line("")).to_vec();
+    files.push(("switches.conf", "enabled = true\n".into()));
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let g = Graysplit::start(
+        &format!("{}[gray]\nswitches_file = \"switches.conf\"\n", config(&redis)),
+        &refs,
+    );
+    let mut b = Browser::default();
+    let mut rows: Vec<String> = Vec::new();
+    // (status, pool, build shown, reason, pin set)
+    let mut row = |step: &str, request: &str, s: &Shown, want: (u16, &str, &str, &str, &str)| {
+        let pin = s.new_pin.clone().unwrap_or_else(|| "-".into());
+        rows.push(format!(
+            "| {step} | {request} | {} | {} | {} | {} | {pin} |",
+            s.status, s.pool, s.build, s.reason
+        ));
+        assert_eq!(
+            (s.status, s.pool.as_str(), s.build, s.reason.as_str(), pin.as_str()),
+            want,
+            "{step}: {request}"
+        );
+    };
+    let (gpin, bpin) = (format!("gray {GRAY_BUILD}"), format!("base {BASE_BUILD}"));
+    let (gb, bb) = (GRAY_BUILD, BASE_BUILD);
+    const GJS: &str = "/assets/app.9abd1b9d.js";
+    const GCSS: &str = "/assets/app.8e130b62.css";
+    const BJS: &str = "/assets/app.5bdff181.js";
+
+    let s = b.fetch(&g, "/", "document").await;
+    row("1 gray live", "page `/`", &s, (200, "gray", gb, "ip", &gpin));
+    for (path, dest) in [(GJS, "script"), (GCSS, "style"), ("/config.js", "script")] {
+        let s = b.fetch(&g, path, dest).await;
+        row("1 gray live", &format!("`{path}`"), &s, (200, "gray", gb, "sticky", "-"));
+    }
+    let open_gray_pin = b.pin.clone().expect("pin");
+
+    g.write_file("switches.conf", "enabled = false\n");
+    eventually(Duration::from_secs(5), "switch off applied", || async {
+        g.log().contains("enabled=false").then_some(())
+    })
+    .await;
+    let s = b.fetch(&g, "/config.js", "script").await;
+    row("2 switch off", "open page: `/config.js` again (within grace)", &s, (304, "gray", gb, "sticky", "-"));
+    let s = b.fetch(&g, GJS, "script").await;
+    row("2 switch off", "open page: its script again", &s, (304, "gray", gb, "sticky", "-"));
+
+    // The same open page, 6 minutes later: its pin is past the 5 min grace.
+    let keys = Keys::new(&[SECRET]).unwrap();
+    let six_min_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 360;
+    b.pin = Some(encode(&keys, "gray", GRAY_BUILD, six_min_ago));
+    let s = b.fetch(&g, "/config.js", "script").await;
+    row("3 +6 min", "open page: `/config.js` (past grace)", &s, (200, "base", bb, "switch_off", "-"));
+    let s = b.fetch(&g, "/assets/app.9abd1b9d.js", "script").await;
+    row("3 +6 min", "open page: a gray chunk (past grace)", &s, (404, "base", "-", "switch_off", "-"));
+
+    b.pin = Some(open_gray_pin.clone());
+    let s = b.fetch(&g, "/", "document").await;
+    row("4 reload", "page `/` (gray's validators)", &s, (200, "base", bb, "switch_off", &bpin));
+    let s = b.fetch(&g, BJS, "script").await;
+    row("4 reload", "its script", &s, (200, "base", bb, "sticky", "-"));
+    let s = b.fetch(&g, "/config.js", "script").await;
+    row("4 reload", "`/config.js` (base's copy from step 3)", &s, (304, "base", bb, "sticky", "-"));
+    let s = b.fetch(&g, "/", "document").await;
+    row("5 reload again", "page `/`", &s, (304, "base", bb, "switch_off", "-"));
+
+    g.write_file("gray.conf", "");
+    eventually(Duration::from_secs(5), "gray removed", || async {
+        let v = common::get_json(g.admin_url("/status?format=json")).await;
+        let gone = !v["servers"]["server"]
+            .as_array()
+            .map(|a| a.iter().any(|r| r["upstream"] == "gray"))
+            .unwrap_or(true);
+        gone.then_some(())
+    })
+    .await;
+    // Another tab, loaded from gray a moment before the switch (its pin within the grace).
+    let mut tab = Browser {
+        pin: Some(open_gray_pin),
+        ..Browser::default()
+    };
+    let s = tab.fetch(&g, GCSS, "style").await;
+    row("6 gray removed", "another gray tab (pin within grace): its stylesheet", &s, (404, "base", "-", "gray_unavailable", &bpin));
+    let s = tab.fetch(&g, "/healthz", "empty").await;
+    row("6 gray removed", "the same tab: its next fetch", &s, (200, "base", "-", "sticky", "-"));
+
+    println!("| step | request | status | pool | build | reason | pin set |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for r in &rows {
+        println!("{r}");
+    }
 }
