@@ -170,11 +170,14 @@ impl GrayEngine {
         }
         let hits = self.hits(client).await;
         // The percent bucket: the user id, else the visitor id, else the IP (salted: salt.rs).
+        // Only a partial rollout needs it (0 % and 100 % decide alike for every bucket).
+        let partial = (1..10_000).contains(&sw.percent_bp);
         let visitor = match (&client.user, self.settings.visitor.cookie.as_deref()) {
-            (None, Some(name)) => visitor::read(headers, name),
+            (None, Some(name)) if partial => visitor::read(headers, name),
             _ => None,
         };
         let bucket = match (&client.user, visitor) {
+            _ if !partial => 0,
             (Some(u), _) => sw.salt.bucket(u.as_bytes()),
             (None, Some(v)) => sw.salt.bucket(v.as_bytes()),
             (None, None) => sw.salt.bucket(client.ip.to_string().as_bytes()),
@@ -182,7 +185,6 @@ impl GrayEngine {
         let mut d = decision::after_lookup(&sw, hits, bucket);
         // An anonymous client reaching the percent step for the first time gets a visitor id on
         // the side its IP gave it (visitor.rs); only while a rollout is partial.
-        let partial = (1..10_000).contains(&sw.percent_bp);
         if partial
             && client.user.is_none()
             && visitor.is_none()
