@@ -50,7 +50,9 @@ fn server_conf(config: &Config) -> ServerConf {
         // Our own `tries` limits retries; this is only Pingora's global fail-safe, with room for
         // the one asset-miss retry (a pinned asset's 404 tried on another build, pinning.rs) and
         // a sticky asset's attempts while it waits for its pinned build (pinning.rs).
-        max_retries: config.upstream.tries.max(1) + 1 + crate::proxy::select::MAX_WAIT_ATTEMPTS as usize,
+        max_retries: config.upstream.tries.max(1)
+            + 1
+            + crate::proxy::select::MAX_WAIT_ATTEMPTS as usize,
         ..ServerConf::default()
     }
 }

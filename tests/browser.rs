@@ -300,7 +300,12 @@ async fn chromium_loads_one_build_per_page_while_the_whitelist_flips() {
     c.refresh().await.expect("reload");
     let r = report(&c).await;
     assert_eq!(r.single_build(), Some(BASE_BUILD), "{r:?}");
-    assert_eq!(page_304s(&base), 1, "the same-build reload was a 304:\n{}", base.access_log());
+    assert_eq!(
+        page_304s(&base),
+        1,
+        "the same-build reload was a 304:\n{}",
+        base.access_log()
+    );
 
     // 2. Whitelist the browser's address the seed's way; reload: all gray, pin moved.
     assert_eq!(
@@ -325,15 +330,26 @@ async fn chromium_loads_one_build_per_page_while_the_whitelist_flips() {
         c.screenshot().await.expect("screenshot"),
     )
     .expect("save gray.png");
-    assert_eq!(page_304s(&gray), 0, "the move to gray was a 200, never gray's 304");
+    assert_eq!(
+        page_304s(&gray),
+        0,
+        "the move to gray was a 200, never gray's 304"
+    );
 
     // 3. Removed from the whitelist; reload: base again (the rollback direction).
     assert_eq!(redis.cli(&["del", "127.0.0.1"]).as_deref(), Some("1"));
     c.refresh().await.expect("reload");
     let r = report(&c).await;
-    assert_eq!(r.single_build(), Some(BASE_BUILD), "the first reload after removal: {r:?}");
+    assert_eq!(
+        r.single_build(),
+        Some(BASE_BUILD),
+        "the first reload after removal: {r:?}"
+    );
     let pin = pin_cookie(&c).await;
-    assert!(pin.starts_with(&format!("v1.base.{BASE_BUILD}.")), "pin {pin:?}");
+    assert!(
+        pin.starts_with(&format!("v1.base.{BASE_BUILD}.")),
+        "pin {pin:?}"
+    );
     assert_eq!(page_304s(&base), 1, "the move back to base was a 200 too");
     assert_eq!(console_errors(&c).await, Vec::<String>::new());
     redis.cli(&["set", "127.0.0.1", "127.0.0.1"]);
@@ -372,7 +388,10 @@ async fn chromium_loads_one_build_per_page_while_the_whitelist_flips() {
         // what a 304 from the other build produced before.
         let pin = pin_cookie(&c).await;
         if !pin.contains(&format!(".{}.", r.document)) {
-            stale.push(format!("reload {i}: document {} with pin {pin}", r.document));
+            stale.push(format!(
+                "reload {i}: document {} with pin {pin}",
+                r.document
+            ));
         }
         errors.extend(
             console_errors(&c)

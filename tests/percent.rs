@@ -26,14 +26,20 @@ async fn page(g: &Graysplit, ip: &str, vid: Option<&str>) -> (String, Option<Str
     }
     let r = req.send().await.expect("request");
     assert_eq!(r.status(), 200);
-    let pool = r.headers()["x-graysplit-pool"].to_str().unwrap().to_string();
+    let pool = r.headers()["x-graysplit-pool"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let cookies: Vec<String> = r
         .headers()
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok().map(str::to_string))
         .collect();
-    let set_vid = cookies.iter().find(|c| c.starts_with("graysplit_vid=")).cloned();
+    let set_vid = cookies
+        .iter()
+        .find(|c| c.starts_with("graysplit_vid="))
+        .cloned();
     let vary = r
         .headers()
         .get("vary")
@@ -53,7 +59,10 @@ async fn visitors_keep_their_side_across_ips_and_a_new_salt_picks_others() {
     let files = [
         ("base.conf", format!("{}\n", base.line(""))),
         ("gray.conf", format!("{}\n", gray.line(""))),
-        ("switches.conf", "percent = 10\nsalt = \"rollout-1\"\n".to_string()),
+        (
+            "switches.conf",
+            "percent = 10\nsalt = \"rollout-1\"\n".to_string(),
+        ),
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let g = Graysplit::start(
@@ -67,7 +76,10 @@ async fn visitors_keep_their_side_across_ips_and_a_new_salt_picks_others() {
     for v in 0..VISITORS {
         // First visit: decided by the IP; the answer carries a new visitor id.
         let (pool, set_vid, vary) = page(&g, &ip(1, v), None).await;
-        assert!(vary.contains("Cookie"), "the page depends on the visitor cookie: {vary}");
+        assert!(
+            vary.contains("Cookie"),
+            "the page depends on the visitor cookie: {vary}"
+        );
         let c = set_vid.unwrap_or_else(|| panic!("visitor {v}: no visitor id set"));
         assert!(
             c.ends_with("; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"),
@@ -78,7 +90,10 @@ async fn visitors_keep_their_side_across_ips_and_a_new_salt_picks_others() {
         // The next pages come from other networks (NAT, mobile, IPv6 privacy addresses).
         for other in [ip(2, v), format!("fd00::{v:x}")] {
             let (again, set_again, _) = page(&g, &other, Some(&id)).await;
-            assert_eq!(again, pool, "visitor {v} moved from {pool} to {again} on a new IP");
+            assert_eq!(
+                again, pool,
+                "visitor {v} moved from {pool} to {again} on a new IP"
+            );
             assert_eq!(set_again, None, "the id is set once");
         }
         if pool == "gray" {
@@ -116,7 +131,11 @@ async fn visitors_keep_their_side_across_ips_and_a_new_salt_picks_others() {
         "new salt: {} gray, {both} of them gray before too",
         gray_after.len()
     );
-    assert!((25..=80).contains(&gray_after.len()), "{}", gray_after.len());
+    assert!(
+        (25..=80).contains(&gray_after.len()),
+        "{}",
+        gray_after.len()
+    );
     assert!(
         both * 3 < gray_after.len(),
         "a new salt picks mostly other users ({both} of {} kept)",

@@ -559,7 +559,10 @@ async fn an_old_gray_pin_is_honoured_only_for_the_grace_once_gray_is_pulled() {
 
     // Within the grace: the open page's fetch and script still come from its build.
     let a = get(&g, "/index.html", "empty", Some(&fresh)).await;
-    assert_eq!((a.pool.as_str(), a.reason.as_str(), a.build), ("gray", "sticky", Some(GRAY_BUILD)));
+    assert_eq!(
+        (a.pool.as_str(), a.reason.as_str(), a.build),
+        ("gray", "sticky", Some(GRAY_BUILD))
+    );
     let a = get(&g, GRAY_JS, "script", Some(&fresh)).await;
     assert_eq!((a.status, a.reason.as_str()), (200, "sticky"));
 
@@ -573,15 +576,23 @@ async fn an_old_gray_pin_is_honoured_only_for_the_grace_once_gray_is_pulled() {
     // An asset path is re-decided: base now, so gray's script is not served (base has none,
     // and no other build is tried for a pin that no longer holds).
     let a = get(&g, GRAY_JS, "script", Some(&old)).await;
-    assert_eq!((a.status, a.pool.as_str(), a.reason.as_str()), (404, "base", "default"));
+    assert_eq!(
+        (a.status, a.pool.as_str(), a.reason.as_str()),
+        (404, "base", "default")
+    );
     let a = get(&g, BASE_JS, "script", Some(&old)).await;
     assert_eq!((a.status, a.build), (200, Some(BASE_BUILD)));
     assert!(a.set_cookie.is_none(), "an asset never moves the pin");
 
     // Whitelisted again: the old pin's asset is re-decided gray, so it keeps its build.
-    redis.cli(&["set", "192.168.93.182", "192.168.93.182"]).expect("redis-cli");
+    redis
+        .cli(&["set", "192.168.93.182", "192.168.93.182"])
+        .expect("redis-cli");
     let a = get(&g, GRAY_JS, "script", Some(&old)).await;
-    assert_eq!((a.status, a.reason.as_str(), a.build), (200, "sticky", Some(GRAY_BUILD)));
+    assert_eq!(
+        (a.status, a.reason.as_str(), a.build),
+        (200, "sticky", Some(GRAY_BUILD))
+    );
     // But a non-asset path past the grace is still decided, not pinned (here: gray by ip).
     let a = get(&g, "/index.html", "empty", Some(&old)).await;
     assert_eq!((a.pool.as_str(), a.reason.as_str()), ("gray", "ip"));
@@ -623,10 +634,23 @@ async fn pages_refresh_the_pins_time_so_open_pages_stay_inside_the_grace() {
     let now = now_secs();
     let young = encode(&keys, "base", BASE_BUILD, now - 30);
     let older = encode(&keys, "base", BASE_BUILD, now - 61);
-    assert!(get(&g, "/", "document", Some(&young)).await.pin.is_none(), "30 s < 10m/10");
-    let p = get(&g, "/", "document", Some(&older)).await.pin.expect("refreshed");
+    assert!(
+        get(&g, "/", "document", Some(&young)).await.pin.is_none(),
+        "30 s < 10m/10"
+    );
+    let p = get(&g, "/", "document", Some(&older))
+        .await
+        .pin
+        .expect("refreshed");
     let issued: u64 = p.rsplit('.').nth(1).unwrap().parse().unwrap();
-    assert!(issued >= now, "the page's own decision time: {p} (now {now}, sent {older})");
+    assert!(
+        issued >= now,
+        "the page's own decision time: {p} (now {now}, sent {older})"
+    );
     let m = metrics(&g).await;
-    assert_eq!(metric(&m, "graysplit_pins_set_total{event=\"refreshed\"}"), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "graysplit_pins_set_total{event=\"refreshed\"}"),
+        1.0,
+        "{m}"
+    );
 }

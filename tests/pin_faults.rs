@@ -194,10 +194,16 @@ fn sum(text: &str, name: &str, label: &str) -> f64 {
 async fn kill_and_restart(s: &mut Setup, pin: &str) -> Vec<Asset> {
     drop(s.gray.take());
     let killed = Instant::now();
-    let assets = [load_asset(&s.g, GRAY_JS, pin), load_asset(&s.g, GRAY_CSS, pin)];
+    let assets = [
+        load_asset(&s.g, GRAY_JS, pin),
+        load_asset(&s.g, GRAY_CSS, pin),
+    ];
     // The assets are waiting (not answered) while the server is away.
     tokio::time::sleep(OUTAGE.saturating_sub(killed.elapsed())).await;
-    assert!(assets.iter().all(|a| !a.is_finished()), "the open page's assets wait");
+    assert!(
+        assets.iter().all(|a| !a.is_finished()),
+        "the open page's assets wait"
+    );
     s.gray = Some(Upstream::start_on("gray", s.gray_addr).expect("restart gray on its address"));
     let mut out = Vec::new();
     for a in assets {
@@ -221,9 +227,20 @@ async fn gray_killed_and_restarted_within_2s_mixes_no_page() {
         );
     }
     // The load keeps going until gray serves pages again.
-    let gray_pages = load.snapshot().pages_by_pool.get("gray").copied().unwrap_or(0);
+    let gray_pages = load
+        .snapshot()
+        .pages_by_pool
+        .get("gray")
+        .copied()
+        .unwrap_or(0);
     eventually(Duration::from_secs(15), "gray pages again", || async {
-        (load.snapshot().pages_by_pool.get("gray").copied().unwrap_or(0) > gray_pages + 5)
+        (load
+            .snapshot()
+            .pages_by_pool
+            .get("gray")
+            .copied()
+            .unwrap_or(0)
+            > gray_pages + 5)
             .then_some(())
     })
     .await;
@@ -235,7 +252,11 @@ async fn gray_killed_and_restarted_within_2s_mixes_no_page() {
         0.0,
         "no open page was re-pinned\n{m}"
     );
-    assert_eq!(sum(&m, "graysplit_requests_total", "reason=\"build_gone\""), 0.0, "{m}");
+    assert_eq!(
+        sum(&m, "graysplit_requests_total", "reason=\"build_gone\""),
+        0.0,
+        "{m}"
+    );
     assert!(
         sample(&m, "graysplit_health_flips_total{to=\"down\"}") >= 1.0
             && sample(&m, "graysplit_health_flips_total{to=\"up\"}") >= 1.0,
@@ -256,9 +277,15 @@ async fn gray_failing_its_checks_for_2s_mixes_no_page() {
         (gray_health(&s.g, s.gray_addr).await.as_deref() == Some("down")).then_some(())
     })
     .await;
-    let assets = [load_asset(&s.g, GRAY_JS, &pin), load_asset(&s.g, GRAY_CSS, &pin)];
+    let assets = [
+        load_asset(&s.g, GRAY_JS, &pin),
+        load_asset(&s.g, GRAY_CSS, &pin),
+    ];
     tokio::time::sleep(Duration::from_secs(2).saturating_sub(failing.elapsed())).await;
-    assert!(assets.iter().all(|a| !a.is_finished()), "the open page's assets wait");
+    assert!(
+        assets.iter().all(|a| !a.is_finished()),
+        "the open page's assets wait"
+    );
     gray.set_healthy(true);
     for a in assets {
         let a = a.await.expect("asset task");
@@ -268,17 +295,36 @@ async fn gray_failing_its_checks_for_2s_mixes_no_page() {
             "{a:?}"
         );
     }
-    let gray_pages = load.snapshot().pages_by_pool.get("gray").copied().unwrap_or(0);
+    let gray_pages = load
+        .snapshot()
+        .pages_by_pool
+        .get("gray")
+        .copied()
+        .unwrap_or(0);
     eventually(Duration::from_secs(15), "gray pages again", || async {
-        (load.snapshot().pages_by_pool.get("gray").copied().unwrap_or(0) > gray_pages + 5)
+        (load
+            .snapshot()
+            .pages_by_pool
+            .get("gray")
+            .copied()
+            .unwrap_or(0)
+            > gray_pages + 5)
             .then_some(())
     })
     .await;
     let report = load.finish().await;
     report.assert_clean("gray failing its checks");
     let m = metrics(&s.g).await;
-    assert_eq!(sample(&m, "graysplit_pins_set_total{event=\"repinned\"}"), 0.0, "{m}");
-    assert_eq!(sum(&m, "graysplit_requests_total", "reason=\"build_gone\""), 0.0, "{m}");
+    assert_eq!(
+        sample(&m, "graysplit_pins_set_total{event=\"repinned\"}"),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        sum(&m, "graysplit_requests_total", "reason=\"build_gone\""),
+        0.0,
+        "{m}"
+    );
 }
 
 /// The control: without the wait, the same open page's assets leave their build during the
@@ -315,9 +361,22 @@ async fn a_removed_build_moves_the_asset_at_once() {
     .await;
     // A file both builds have (a fetch of the open page): served by base, and the pin moves.
     let started = Instant::now();
-    let a = load_asset(&s.g, "/healthz", &pin).await.expect("asset task");
-    assert_eq!((a.status, a.reason.as_str(), a.repinned), (200, "gray_unavailable", true), "{a:?}");
+    let a = load_asset(&s.g, "/healthz", &pin)
+        .await
+        .expect("asset task");
+    assert_eq!(
+        (a.status, a.reason.as_str(), a.repinned),
+        (200, "gray_unavailable", true),
+        "{a:?}"
+    );
     let m = metrics(&s.g).await;
-    assert_eq!(sample(&m, "graysplit_pins_set_total{event=\"repinned\"}"), 1.0, "{m}");
-    println!("removed build: answered in {:?} (no wait)", started.elapsed());
+    assert_eq!(
+        sample(&m, "graysplit_pins_set_total{event=\"repinned\"}"),
+        1.0,
+        "{m}"
+    );
+    println!(
+        "removed build: answered in {:?} (no wait)",
+        started.elapsed()
+    );
 }

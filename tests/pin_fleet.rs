@@ -46,12 +46,16 @@ fn instance(consul: &ConsulStandIn, redis: &RedisServer, secret: Option<&str>) -
 }
 
 async fn wait_pools(g: &Graysplit) {
-    eventually(Duration::from_secs(10), "both pools from Consul", || async {
-        let v = get_json(g.admin_url("/status?format=json")).await;
-        let rows = v["servers"]["server"].as_array()?.clone();
-        let has = |pool: &str| rows.iter().any(|r| r["upstream"] == pool);
-        (has("base") && has("gray")).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "both pools from Consul",
+        || async {
+            let v = get_json(g.admin_url("/status?format=json")).await;
+            let rows = v["servers"]["server"].as_array()?.clone();
+            let has = |pool: &str| rows.iter().any(|r| r["upstream"] == pool);
+            (has("base") && has("gray")).then_some(())
+        },
+    )
     .await;
 }
 
@@ -104,7 +108,11 @@ async fn alternate(fleet: [&Graysplit; 2], redis: &RedisServer) -> (usize, [usiz
         per_build[usize::from(build == GRAY_BUILD)] += 1;
         let mut page_mixed = false;
         for path in assets_in(&page) {
-            let dest = if path.ends_with(".css") { "style" } else { "script" };
+            let dest = if path.ends_with(".css") {
+                "style"
+            } else {
+                "script"
+            };
             // Another build's asset, or none at all (the other build lacks this hashed file).
             let (status, body) = get(flip_and_pick(), &path, dest, &mut pin).await;
             page_mixed |= status != 200 || build_in(&body) != Some(build);
@@ -149,9 +157,15 @@ async fn two_instances_with_a_shared_secret_never_mix_a_page() {
     let (mixed, per_build) = alternate([&a, &b], &f.redis).await;
     eprintln!("shared secret: {PAGES} pages across two instances, {mixed} mixed, {per_build:?}");
     assert_eq!(mixed, 0, "pages mixed across builds");
-    assert!(per_build[0] >= 10 && per_build[1] >= 10, "both builds served: {per_build:?}");
+    assert!(
+        per_build[0] >= 10 && per_build[1] >= 10,
+        "both builds served: {per_build:?}"
+    );
     for g in [&a, &b] {
-        assert!(!g.log().contains("no secret set"), "no warning with a secret");
+        assert!(
+            !g.log().contains("no secret set"),
+            "no warning with a secret"
+        );
     }
 }
 
@@ -167,7 +181,11 @@ async fn without_a_shared_secret_the_same_walk_mixes_pages() {
     eprintln!("random secrets: {PAGES} pages across two instances, {mixed} mixed, {per_build:?}");
     assert!(mixed > 0, "pins rejected by the other instance: pages mix");
     for g in [&a, &b] {
-        assert!(g.log().contains("pin.secrets: no secret set"), "{}", g.log());
+        assert!(
+            g.log().contains("pin.secrets: no secret set"),
+            "{}",
+            g.log()
+        );
     }
 }
 
@@ -183,7 +201,10 @@ fn check_warns_loudly_when_pools_come_from_consul_without_a_secret() {
     .expect("write config");
     let run = |secret: Option<&str>| {
         let mut cmd = Command::new(BIN);
-        cmd.arg("-t").arg("-c").arg(&conf).env_remove("GRAYSPLIT_PIN_SECRETS");
+        cmd.arg("-t")
+            .arg("-c")
+            .arg(&conf)
+            .env_remove("GRAYSPLIT_PIN_SECRETS");
         if let Some(s) = secret {
             cmd.env("GRAYSPLIT_PIN_SECRETS", s);
         }

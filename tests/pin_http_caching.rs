@@ -96,13 +96,23 @@ impl Browser {
             .get_all("set-cookie")
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .filter_map(|c| c.split(';').next()?.strip_prefix("graysplit=").map(str::to_string))
+            .filter_map(|c| {
+                c.split(';')
+                    .next()?
+                    .strip_prefix("graysplit=")
+                    .map(str::to_string)
+            })
             .collect();
         let set_cookie = r.headers().contains_key("set-cookie");
         let new_pin = pins.last().map(|p| {
             let mut parts = p.splitn(3, '.').skip(1);
             let pool = parts.next().unwrap_or("");
-            let build = parts.next().unwrap_or("").rsplitn(3, '.').nth(2).unwrap_or("");
+            let build = parts
+                .next()
+                .unwrap_or("")
+                .rsplitn(3, '.')
+                .nth(2)
+                .unwrap_or("");
             format!("{pool} {build}")
         });
         if let Some(p) = pins.last() {
@@ -112,7 +122,10 @@ impl Browser {
         let body = r.text().await.unwrap_or_default();
         let build = match status {
             304 => {
-                let c = self.cache.get_mut(path).expect("a 304 only for a cached copy");
+                let c = self
+                    .cache
+                    .get_mut(path)
+                    .expect("a 304 only for a cached copy");
                 // A 304 updates the stored validators (RFC 9111 §4.3.4).
                 if etag.is_some() {
                     c.etag = etag;
@@ -224,11 +237,20 @@ async fn flip_and_revalidate(g: &Graysplit, redis: &RedisServer) -> usize {
         // Assets of the page: the non-hashed one must be of the page's build too.
         let config = b.fetch(g, "/config.js", "script").await;
         assert_eq!(config.build, want, "{what}: /config.js {config:?}");
-        assert!(page.cache_control.starts_with("private"), "{what}: {page:?}");
-        assert_eq!(config.reason, "sticky", "{what}: /config.js follows the page's pin");
+        assert!(
+            page.cache_control.starts_with("private"),
+            "{what}: {page:?}"
+        );
+        assert_eq!(
+            config.reason, "sticky",
+            "{what}: /config.js follows the page's pin"
+        );
         if moved {
             assert!(page.set_cookie, "{what}: the pin moved with the page");
-            assert_eq!(page.status, 200, "{what}: a moved page is a 200 of its build");
+            assert_eq!(
+                page.status, 200,
+                "{what}: a moved page is a 200 of its build"
+            );
             assert_eq!(config.status, 200, "{what}: /config.js of the new build");
         } else if previous.is_some() {
             assert_eq!(page.status, 304, "{what}: same build, the 304 still works");
@@ -293,7 +315,12 @@ async fn nginx_with_equal_etags_never_answers_304_across_builds() {
     assert_eq!(base_etag, gray_etag, "same mtime and size: same ETag");
     let etag = base_etag.expect("nginx sends an ETag");
     assert_eq!(
-        direct(gray.addr, "/", &[("if-none-match", &etag), ("if-modified-since", &base_lm)]).await,
+        direct(
+            gray.addr,
+            "/",
+            &[("if-none-match", &etag), ("if-modified-since", &base_lm)]
+        )
+        .await,
         304,
         "gray's nginx would keep base's page on screen"
     );
@@ -304,12 +331,18 @@ async fn nginx_with_equal_etags_never_answers_304_across_builds() {
     assert_eq!(not_modified, 8, "every same-build revalidation was a 304");
     let m = metrics(&g).await;
     assert_eq!(
-        metric(&m, "graysplit_conditional_requests_total{outcome=\"dropped\"}"),
+        metric(
+            &m,
+            "graysplit_conditional_requests_total{outcome=\"dropped\"}"
+        ),
         6.0,
         "three moves, page and config.js each: another build's validators removed\n{m}"
     );
     assert_eq!(
-        metric(&m, "graysplit_conditional_requests_total{outcome=\"translated\"}"),
+        metric(
+            &m,
+            "graysplit_conditional_requests_total{outcome=\"translated\"}"
+        ),
         8.0,
         "{m}"
     );
@@ -326,7 +359,10 @@ async fn last_modified_servers_never_answer_304_across_builds() {
         BuildDir::new("base", BASE_BUILD, t),
         BuildDir::new("gray", GRAY_BUILD, t + Duration::from_secs(86_400)),
     );
-    let (base, gray) = (PyServer::serve(base_dir.path()), PyServer::serve(gray_dir.path()));
+    let (base, gray) = (
+        PyServer::serve(base_dir.path()),
+        PyServer::serve(gray_dir.path()),
+    );
     let (etag, gray_lm) = raw_validators(gray.addr, "/").await;
     assert_eq!(etag, None, "http.server sends no ETag");
     assert_eq!(
@@ -516,7 +552,10 @@ async fn pages_are_private_and_hashed_assets_keep_their_caching() {
     // Whatever the page: never a public response with graysplit's cookie on it.
     redis.cli(&["set", IP, IP]).expect("redis-cli");
     let (_, cc, _, _, set_cookie, _) = get("/", "document", Some(pin)).await;
-    assert!(set_cookie.contains("graysplit=v1.gray."), "moved: {set_cookie}");
+    assert!(
+        set_cookie.contains("graysplit=v1.gray."),
+        "moved: {set_cookie}"
+    );
     assert!(cc.starts_with("private") && !cc.contains("public"), "{cc}");
 
     // "unchanged": the operator's CDN keys on the pin cookie; the cookie still forces private.
@@ -538,7 +577,10 @@ async fn pages_are_private_and_hashed_assets_keep_their_caching() {
     .await;
     let cc = r.headers()["cache-control"].to_str().unwrap().to_string();
     assert!(r.headers().contains_key("set-cookie"));
-    assert_eq!(cc, "private, max-age=600", "a Set-Cookie response is private regardless");
+    assert_eq!(
+        cc, "private, max-age=600",
+        "a Set-Cookie response is private regardless"
+    );
 }
 
 /// The rollback, step by step (the table in docs/pin.md is this test's output): gray is live and
@@ -562,7 +604,10 @@ async fn a_rollback_step_by_step() {
     files.push(("switches.conf", "enabled = true\n".into()));
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let g = Graysplit::start(
-        &format!("{}[gray]\nswitches_file = \"switches.conf\"\n", config(&redis)),
+        &format!(
+            "{}[gray]\nswitches_file = \"switches.conf\"\n",
+            config(&redis)
+        ),
         &refs,
     );
     let mut b = Browser::default();
@@ -575,7 +620,13 @@ async fn a_rollback_step_by_step() {
             s.status, s.pool, s.build, s.reason
         ));
         assert_eq!(
-            (s.status, s.pool.as_str(), s.build, s.reason.as_str(), pin.as_str()),
+            (
+                s.status,
+                s.pool.as_str(),
+                s.build,
+                s.reason.as_str(),
+                pin.as_str()
+            ),
             want,
             "{step}: {request}"
         );
@@ -587,10 +638,20 @@ async fn a_rollback_step_by_step() {
     const BJS: &str = "/assets/app.5bdff181.js";
 
     let s = b.fetch(&g, "/", "document").await;
-    row("1 gray live", "page `/`", &s, (200, "gray", gb, "ip", &gpin));
+    row(
+        "1 gray live",
+        "page `/`",
+        &s,
+        (200, "gray", gb, "ip", &gpin),
+    );
     for (path, dest) in [(GJS, "script"), (GCSS, "style"), ("/config.js", "script")] {
         let s = b.fetch(&g, path, dest).await;
-        row("1 gray live", &format!("`{path}`"), &s, (200, "gray", gb, "sticky", "-"));
+        row(
+            "1 gray live",
+            &format!("`{path}`"),
+            &s,
+            (200, "gray", gb, "sticky", "-"),
+        );
     }
     let open_gray_pin = b.pin.clone().expect("pin");
 
@@ -600,9 +661,19 @@ async fn a_rollback_step_by_step() {
     })
     .await;
     let s = b.fetch(&g, "/config.js", "script").await;
-    row("2 switch off", "open page: `/config.js` again (within grace)", &s, (304, "gray", gb, "sticky", "-"));
+    row(
+        "2 switch off",
+        "open page: `/config.js` again (within grace)",
+        &s,
+        (304, "gray", gb, "sticky", "-"),
+    );
     let s = b.fetch(&g, GJS, "script").await;
-    row("2 switch off", "open page: its script again", &s, (304, "gray", gb, "sticky", "-"));
+    row(
+        "2 switch off",
+        "open page: its script again",
+        &s,
+        (304, "gray", gb, "sticky", "-"),
+    );
 
     // The same open page, 6 minutes later: its pin is past the 5 min grace.
     let keys = Keys::new(&[SECRET]).unwrap();
@@ -613,19 +684,49 @@ async fn a_rollback_step_by_step() {
         - 360;
     b.pin = Some(encode(&keys, "gray", GRAY_BUILD, six_min_ago));
     let s = b.fetch(&g, "/config.js", "script").await;
-    row("3 +6 min", "open page: `/config.js` (past grace)", &s, (200, "base", bb, "switch_off", "-"));
+    row(
+        "3 +6 min",
+        "open page: `/config.js` (past grace)",
+        &s,
+        (200, "base", bb, "switch_off", "-"),
+    );
     let s = b.fetch(&g, "/assets/app.9abd1b9d.js", "script").await;
-    row("3 +6 min", "open page: a gray chunk (past grace)", &s, (404, "base", "-", "switch_off", "-"));
+    row(
+        "3 +6 min",
+        "open page: a gray chunk (past grace)",
+        &s,
+        (404, "base", "-", "switch_off", "-"),
+    );
 
     b.pin = Some(open_gray_pin.clone());
     let s = b.fetch(&g, "/", "document").await;
-    row("4 reload", "page `/` (gray's validators)", &s, (200, "base", bb, "switch_off", &bpin));
+    row(
+        "4 reload",
+        "page `/` (gray's validators)",
+        &s,
+        (200, "base", bb, "switch_off", &bpin),
+    );
     let s = b.fetch(&g, BJS, "script").await;
-    row("4 reload", "its script", &s, (200, "base", bb, "sticky", "-"));
+    row(
+        "4 reload",
+        "its script",
+        &s,
+        (200, "base", bb, "sticky", "-"),
+    );
     let s = b.fetch(&g, "/config.js", "script").await;
-    row("4 reload", "`/config.js` (base's copy from step 3)", &s, (304, "base", bb, "sticky", "-"));
+    row(
+        "4 reload",
+        "`/config.js` (base's copy from step 3)",
+        &s,
+        (304, "base", bb, "sticky", "-"),
+    );
     let s = b.fetch(&g, "/", "document").await;
-    row("5 reload again", "page `/`", &s, (304, "base", bb, "switch_off", "-"));
+    row(
+        "5 reload again",
+        "page `/`",
+        &s,
+        (304, "base", bb, "switch_off", "-"),
+    );
 
     g.write_file("gray.conf", "");
     eventually(Duration::from_secs(5), "gray removed", || async {
@@ -643,9 +744,19 @@ async fn a_rollback_step_by_step() {
         ..Browser::default()
     };
     let s = tab.fetch(&g, GCSS, "style").await;
-    row("6 gray removed", "another gray tab (pin within grace): its stylesheet", &s, (404, "base", "-", "gray_unavailable", &bpin));
+    row(
+        "6 gray removed",
+        "another gray tab (pin within grace): its stylesheet",
+        &s,
+        (404, "base", "-", "gray_unavailable", &bpin),
+    );
     let s = tab.fetch(&g, "/healthz", "empty").await;
-    row("6 gray removed", "the same tab: its next fetch", &s, (200, "base", "-", "sticky", "-"));
+    row(
+        "6 gray removed",
+        "the same tab: its next fetch",
+        &s,
+        (200, "base", "-", "sticky", "-"),
+    );
 
     println!("| step | request | status | pool | build | reason | pin set |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");

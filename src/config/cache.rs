@@ -79,11 +79,13 @@ mod tests {
 
     #[test]
     fn bad_values_name_key_value_and_rule() {
-        let e = load("[cache]\ndecided = \"public\"\nimmutable = [\"*.js\", \"static/*\"]").unwrap_err();
+        let e = load("[cache]\ndecided = \"public\"\nimmutable = [\"*.js\", \"static/*\"]")
+            .unwrap_err();
         let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["cache.decided", "cache.immutable[1]"], "{e:?}");
         assert_eq!(e[1].value.as_deref(), Some("static/*"));
-        let c = load("[cache]\ndecided = \"unchanged\"\nimmutable = []\ntag_validators = false").unwrap();
+        let c = load("[cache]\ndecided = \"unchanged\"\nimmutable = []\ntag_validators = false")
+            .unwrap();
         assert_eq!(c.cache.decided, Decided::Unchanged);
         assert!(!c.cache.immutable.matches("/assets/app.5bdff181.js"));
     }

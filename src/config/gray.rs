@@ -12,8 +12,8 @@ use super::{PoolConfig, Validator};
 use crate::gray::client_ip::ClientIpHeader;
 use crate::gray::decision::Switches;
 use crate::gray::redis_whitelist::RedisSettings;
-use crate::gray::salt::{self, Salt};
 use crate::gray::rules::{self, Match, Rule, Source};
+use crate::gray::salt::{self, Salt};
 use crate::gray::switches::percent_to_bp;
 use crate::gray::GraySettings;
 

@@ -292,9 +292,16 @@ mod tests {
         let e = errors("grace = \"13h\"\nbuild_wait = \"2m\"");
         let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["pin.grace", "pin.build_wait"], "{e:?}");
-        assert!(e[0].rule.contains("at most the lifetime (43200s)"), "{}", e[0]);
+        assert!(
+            e[0].rule.contains("at most the lifetime (43200s)"),
+            "{}",
+            e[0]
+        );
         let c = load("grace = \"0s\"\nbuild_wait = \"0s\"", None).unwrap();
-        assert!(c.pin.grace.is_zero() && c.pin.build_wait.is_zero(), "0s: check always, never wait");
+        assert!(
+            c.pin.grace.is_zero() && c.pin.build_wait.is_zero(),
+            "0s: check always, never wait"
+        );
         let e = errors("max_age = \"401d\"");
         assert!(e[0].rule.contains("400d"), "{e:?}");
         let e = errors("colour = \"red\"");
@@ -323,7 +330,11 @@ mod tests {
             Config::from_toml_with_env(
                 &format!("{consul}{extra}"),
                 Path::new("/etc/graysplit/graysplit.toml"),
-                |n| (n == super::SECRETS_ENV).then(|| env.map(str::to_string)).flatten(),
+                |n| {
+                    (n == super::SECRETS_ENV)
+                        .then(|| env.map(str::to_string))
+                        .flatten()
+                },
             )
             .unwrap()
         };
@@ -332,10 +343,17 @@ mod tests {
         assert!(w[0].starts_with("pin.secrets: no secret set"), "{}", w[0]);
         assert!(w[0].contains("pages mix builds"));
         assert!(super::warnings(&load("", Some("a-shared-secret-0123456789"))).is_empty());
-        assert!(super::warnings(&load("[pin]\nsecrets = [\"a-shared-secret-0123456789\"]", None)).is_empty());
+        assert!(super::warnings(&load(
+            "[pin]\nsecrets = [\"a-shared-secret-0123456789\"]",
+            None
+        ))
+        .is_empty());
         assert!(super::warnings(&load("[pin]\nenabled = false", None)).is_empty());
         let file_pools = Config::from_toml(POOLS, Path::new("/etc/g.toml")).unwrap();
-        assert!(super::warnings(&file_pools).is_empty(), "one machine: the start log says it");
+        assert!(
+            super::warnings(&file_pools).is_empty(),
+            "one machine: the start log says it"
+        );
     }
 
     #[test]

@@ -94,10 +94,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_key_value_and_rule() {
-        let e = load("[visitor]\ncookie = \"a b\"\nmax_age = \"500d\"\n[gray]\nsalt = \"tab\\there\"")
-            .unwrap_err();
+        let e =
+            load("[visitor]\ncookie = \"a b\"\nmax_age = \"500d\"\n[gray]\nsalt = \"tab\\there\"")
+                .unwrap_err();
         let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["gray.salt", "visitor.cookie", "visitor.max_age"], "{e:?}");
+        assert_eq!(
+            keys,
+            ["gray.salt", "visitor.cookie", "visitor.max_age"],
+            "{e:?}"
+        );
         let e = load("[visitor]\ncookie = \"graysplit\"").unwrap_err();
         assert!(e[0].rule.contains("differ from pin.name"), "{e:?}");
     }

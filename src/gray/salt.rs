@@ -109,7 +109,11 @@ mod tests {
             }
         }
         // 10 % each; independent salts share about 10 % of 10 % = 1 % of users.
-        assert!((850..=1_150).contains(&(only_a + both)), "{}", only_a + both);
+        assert!(
+            (850..=1_150).contains(&(only_a + both)),
+            "{}",
+            only_a + both
+        );
         assert!((50..=160).contains(&both), "overlap {both}");
     }
 

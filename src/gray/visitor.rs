@@ -124,7 +124,13 @@ mod tests {
         assert_eq!(id.len(), ID_LEN);
         let h = with_cookie(&format!("graysplit_vid=short; a=1; graysplit_vid={id}"));
         assert_eq!(read(&h, DEFAULT_COOKIE), Some(id.as_str()));
-        assert_eq!(read(&with_cookie("graysplit_vid=../../etc/passwd+++++"), DEFAULT_COOKIE), None);
+        assert_eq!(
+            read(
+                &with_cookie("graysplit_vid=../../etc/passwd+++++"),
+                DEFAULT_COOKIE
+            ),
+            None
+        );
         assert_eq!(read(&HeaderMap::new(), DEFAULT_COOKIE), None);
     }
 
@@ -162,7 +168,10 @@ mod tests {
             let by_ip = gray_side(s1.bucket(ip.as_bytes()), percent_bp);
             let id = mint(&s1, by_ip, percent_bp);
             let side = gray_side(s1.bucket(id.as_bytes()), percent_bp);
-            assert_eq!(side, by_ip, "visitor {v}: the second page keeps the first page's side");
+            assert_eq!(
+                side, by_ip,
+                "visitor {v}: the second page keeps the first page's side"
+            );
             // Later visits from other IPs: the id decides, so the side never changes.
             for _ in 0..3 {
                 assert_eq!(gray_side(s1.bucket(id.as_bytes()), percent_bp), side);
@@ -174,7 +183,10 @@ mod tests {
         }
         assert!((850..=1_150).contains(&first_gray), "{first_gray}");
         assert!((850..=1_150).contains(&new_gray), "{new_gray}");
-        assert!((40..=180).contains(&overlap), "a new salt picks other users: {overlap}");
+        assert!(
+            (40..=180).contains(&overlap),
+            "a new salt picks other users: {overlap}"
+        );
     }
 
     #[test]

@@ -120,7 +120,10 @@ mod tests {
         assert_eq!(private(["public", "max-age=600"]), "private, max-age=600");
         assert_eq!(private([]), "private", "nothing said: still private");
         assert_eq!(private([" , ,"]), "private");
-        assert_eq!(private(["no-store, immutable"]), "private, no-store, immutable");
+        assert_eq!(
+            private(["no-store, immutable"]),
+            "private, no-store, immutable"
+        );
     }
 
     #[test]
@@ -131,7 +134,11 @@ mod tests {
             Some("Accept-Encoding, Cookie".into())
         );
         assert_eq!(vary(["accept-encoding, cookie"], &["Cookie"]), None);
-        assert_eq!(vary(["*"], &["Cookie"]), None, "already varies on everything");
+        assert_eq!(
+            vary(["*"], &["Cookie"]),
+            None,
+            "already varies on everything"
+        );
         assert_eq!(
             vary(["Accept-Encoding"], &["Cookie", "X-User"]),
             Some("Accept-Encoding, Cookie, X-User".into())

@@ -114,7 +114,11 @@ mod tests {
     #[test]
     fn vary_names_what_the_decision_reads() {
         let p = CachePolicy::default();
-        assert_eq!(p.vary_pages, ["Cookie"], "the visitor id cookie picks the percent bucket");
+        assert_eq!(
+            p.vary_pages,
+            ["Cookie"],
+            "the visitor id cookie picks the percent bucket"
+        );
         assert_eq!(p.vary_assets, ["Cookie"], "assets follow the pin cookie");
         let ip_only = GraySettings {
             visitor: crate::gray::visitor::VisitorSettings {
@@ -124,12 +128,20 @@ mod tests {
             ..GraySettings::default()
         };
         let p = CachePolicy::new(CacheSettings::default(), &ip_only);
-        assert_eq!(p.vary_pages, Vec::<String>::new(), "IP only: private says it all");
+        assert_eq!(
+            p.vary_pages,
+            Vec::<String>::new(),
+            "IP only: private says it all"
+        );
         assert_eq!(p.vary_assets, ["Cookie"]);
         let gray = GraySettings {
             user_header: Some(http::HeaderName::from_static("x-user")),
             rules: vec![
-                rule(Source::Header(http::HeaderName::from_static("a")), Match::Present, "gray"),
+                rule(
+                    Source::Header(http::HeaderName::from_static("a")),
+                    Match::Present,
+                    "gray",
+                ),
                 rule(Source::Cookie("beta".into()), Match::Present, "gray"),
                 rule(Source::Query("q".into()), Match::Present, "gray"),
             ],

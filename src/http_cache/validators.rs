@@ -308,7 +308,10 @@ mod tests {
 
     #[test]
     fn response_tags_name_the_build_and_read_back() {
-        assert_eq!(tag("\"65a1-243\"", B).unwrap(), "\"65a1-243:gs=base-2026.11.1\"");
+        assert_eq!(
+            tag("\"65a1-243\"", B).unwrap(),
+            "\"65a1-243:gs=base-2026.11.1\""
+        );
         assert_eq!(tag("W/\"x\"", G).unwrap(), "W/\"x:gs=gray-2026.11.2\"");
         assert_eq!(tag("no-quotes", B), None);
         assert_eq!(synthesized(B), "W/\"gs=base-2026.11.1\"");
@@ -326,8 +329,14 @@ mod tests {
                 original: None
             }
         );
-        assert_eq!(read_tag("\"a:gs=bad/build\""), Tag::Untagged("\"a:gs=bad/build\""));
-        assert_eq!(response_etag(Some("\"e\""), true, false, B).unwrap(), "\"e:gs=base-2026.11.1\"");
+        assert_eq!(
+            read_tag("\"a:gs=bad/build\""),
+            Tag::Untagged("\"a:gs=bad/build\"")
+        );
+        assert_eq!(
+            response_etag(Some("\"e\""), true, false, B).unwrap(),
+            "\"e:gs=base-2026.11.1\""
+        );
         assert_eq!(response_etag(None, true, false, B).unwrap(), synthesized(B));
         assert_eq!(response_etag(None, false, true, B).unwrap(), synthesized(B));
         assert_eq!(response_etag(None, false, false, B), None);
@@ -361,9 +370,16 @@ mod tests {
     fn last_modified_only_copies_keep_their_date_on_their_own_build() {
         let e = translate(&inm("W/\"gs=base-2026.11.1\""), B, false);
         assert_eq!(e.if_none_match, Edit::Remove, "the upstream has no ETag");
-        assert_eq!(e.if_modified_since, Edit::Keep, "so it judges the date (304)");
+        assert_eq!(
+            e.if_modified_since,
+            Edit::Keep,
+            "so it judges the date (304)"
+        );
         let e = translate(&inm("W/\"gs=gray-2026.11.2\""), B, true);
-        assert_eq!((e.if_none_match, e.if_modified_since), (Edit::Remove, Edit::Remove));
+        assert_eq!(
+            (e.if_none_match, e.if_modified_since),
+            (Edit::Remove, Edit::Remove)
+        );
     }
 
     #[test]
@@ -371,14 +387,23 @@ mod tests {
         let e = translate(&inm("\"65a1-243\""), B, true);
         assert!(e.none(), "{e:?}");
         let e = translate(&inm("\"65a1-243\""), B, false);
-        assert_eq!((e.if_none_match, e.if_modified_since), (Edit::Remove, Edit::Remove));
+        assert_eq!(
+            (e.if_none_match, e.if_modified_since),
+            (Edit::Remove, Edit::Remove)
+        );
         let ims_only = Conditional {
             if_modified_since: true,
             ..Conditional::default()
         };
         assert!(translate(&ims_only, B, true).none());
-        assert_eq!(translate(&ims_only, B, false).if_modified_since, Edit::Remove);
-        assert!(translate(&Conditional::default(), B, false).none(), "no validators");
+        assert_eq!(
+            translate(&ims_only, B, false).if_modified_since,
+            Edit::Remove
+        );
+        assert!(
+            translate(&Conditional::default(), B, false).none(),
+            "no validators"
+        );
         let e = translate(&inm("*"), B, false);
         assert_eq!(e.if_none_match, Edit::Remove);
     }
@@ -396,11 +421,24 @@ mod tests {
         assert_eq!(e.if_none_match, Edit::Set("\"c\"".into()));
         // Garbage or a flood of tags: believed only with a matching pin.
         let flood = vec!["\"x\""; 40].join(", ");
-        assert_eq!(translate(&inm(&flood), B, false).if_none_match, Edit::Remove);
+        assert_eq!(
+            translate(&inm(&flood), B, false).if_none_match,
+            Edit::Remove
+        );
         assert!(translate(&inm(&flood), B, true).none());
-        assert_eq!(translate(&inm("garbage"), B, false).if_none_match, Edit::Remove);
-        let read: Vec<Tag> = tags("\"a,b\" , W/\"c\"").unwrap().into_iter().map(|t| t.1).collect();
-        assert_eq!(read, vec![Tag::Untagged("\"a,b\""), Tag::Untagged("W/\"c\"")]);
+        assert_eq!(
+            translate(&inm("garbage"), B, false).if_none_match,
+            Edit::Remove
+        );
+        let read: Vec<Tag> = tags("\"a,b\" , W/\"c\"")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.1)
+            .collect();
+        assert_eq!(
+            read,
+            vec![Tag::Untagged("\"a,b\""), Tag::Untagged("W/\"c\"")]
+        );
     }
 
     #[test]
@@ -433,7 +471,10 @@ mod tests {
             ..Conditional::default()
         };
         let e = translate(&ius, B, false);
-        assert_eq!((e.if_unmodified_since, e.range), (Edit::Remove, Edit::Remove));
+        assert_eq!(
+            (e.if_unmodified_since, e.range),
+            (Edit::Remove, Edit::Remove)
+        );
         assert!(translate(&ius, B, true).none());
     }
 
@@ -448,6 +489,10 @@ mod tests {
             if_match: Some("\"a:gs=gray-2026.11.2\""),
             ..Conditional::default()
         };
-        assert_eq!(translate(&c, B, false).if_match, Edit::Keep, "fails with 412");
+        assert_eq!(
+            translate(&c, B, false).if_match,
+            Edit::Keep,
+            "fails with 412"
+        );
     }
 }

@@ -375,10 +375,10 @@ mod tests {
     fn hash_matches_bundler_content_hashes_only() {
         let a = AssetPatterns::new(&["*.[hash].*", "*-[hash].*"]).unwrap();
         for hashed in [
-            "/assets/app.5bdff181.js",              // Vite 2, webpack [contenthash:8]
-            "/assets/index-BdMf2Xk1.js",            // Vite 3+ (base64url-like)
-            "/js/chunk-vendors.3f2a1b9c.js",        // Vue CLI
-            "/static/js/main.8e130b62.chunk.js",    // Create React App
+            "/assets/app.5bdff181.js",           // Vite 2, webpack [contenthash:8]
+            "/assets/index-BdMf2Xk1.js",         // Vite 3+ (base64url-like)
+            "/js/chunk-vendors.3f2a1b9c.js",     // Vue CLI
+            "/static/js/main.8e130b62.chunk.js", // Create React App
             "/_next/static/chunks/app-a1b2c3d4e5f6a7b8.js", // Next.js
             "/assets/logo.9abd1b9d.svg",
         ] {
@@ -390,7 +390,7 @@ mod tests {
             "/assets/app.js",
             "/jquery-3.6.0.min.js",
             "/fonts/roboto-v30-latin-regular.woff2",
-            "/img/banner-20261101.png",             // a date, not a hash
+            "/img/banner-20261101.png", // a date, not a hash
             "/polyfills-es2015.js",
             "/chunk-vendors.js",
             "/index.html",

@@ -405,7 +405,10 @@ mod tests {
         // Malformed values cost no HMAC and do not use up the verifications ...
         let mut v = "graysplit=junk; ".repeat(MAX_CANDIDATES - 1);
         v.push_str(good);
-        assert!(matches!(p.read(&with_cookie(&v), 1_700_000_000), Read::Valid(_)));
+        assert!(matches!(
+            p.read(&with_cookie(&v), 1_700_000_000),
+            Read::Valid(_)
+        ));
         // ... but only MAX_CANDIDATES values are looked at.
         let mut v = "graysplit=junk; ".repeat(MAX_CANDIDATES);
         v.push_str(good);

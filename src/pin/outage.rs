@@ -110,7 +110,11 @@ mod tests {
             Some(t0 + WAIT),
             "a later request waits only for the rest"
         );
-        assert_eq!(o.unusable("gray", "g1", t0 + WAIT), None, "out for `wait`: gone");
+        assert_eq!(
+            o.unusable("gray", "g1", t0 + WAIT),
+            None,
+            "out for `wait`: gone"
+        );
         assert_eq!(o.len(), 1);
     }
 
@@ -123,7 +127,11 @@ mod tests {
         o.recovered("gray", "g1");
         assert_eq!(o.len(), 1);
         let t1 = t0 + Duration::from_secs(4);
-        assert_eq!(o.unusable("gray", "g1", t1), Some(t1 + WAIT), "a new outage");
+        assert_eq!(
+            o.unusable("gray", "g1", t1),
+            Some(t1 + WAIT),
+            "a new outage"
+        );
         assert_eq!(o.unusable("base", "b1", t1), Some(t0 + WAIT));
     }
 

@@ -62,7 +62,11 @@ mod tests {
     #[test]
     fn assets_follow_within_the_grace_whatever_their_path() {
         assert_eq!(scope(Kind::Asset, true, 0, GRACE), Scope::Follow);
-        assert_eq!(scope(Kind::Asset, true, 300, GRACE), Scope::Follow, "inclusive");
+        assert_eq!(
+            scope(Kind::Asset, true, 300, GRACE),
+            Scope::Follow,
+            "inclusive"
+        );
         // fetch('/index.html') from an open page: still that page's build.
         assert_eq!(scope(Kind::Asset, false, 299, GRACE), Scope::Follow);
     }

@@ -14,8 +14,8 @@
 //!   the cookie to everyone.
 
 use http::header::{
-    CACHE_CONTROL, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-    IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE, SET_COOKIE, VARY,
+    CACHE_CONTROL, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
+    LAST_MODIFIED, RANGE, SET_COOKIE, VARY,
 };
 use http::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -60,7 +60,10 @@ impl GraySplit {
         ctx: &RequestCtx,
     ) -> pingora::Result<()> {
         let method = &session.req_header().method;
-        if ctx.routed || ctx.immutable || !(method == http::Method::GET || method == http::Method::HEAD) {
+        if ctx.routed
+            || ctx.immutable
+            || !(method == http::Method::GET || method == http::Method::HEAD)
+        {
             return Ok(());
         }
         let (Some(server), Some(pool)) = (&ctx.server, &ctx.pool) else {
@@ -90,9 +93,13 @@ impl GraySplit {
         let edits = validators::translate(&c, build, trusted);
         let outcome = if edits.none() {
             "passed"
-        } else if [&edits.if_none_match, &edits.if_modified_since, &edits.if_range]
-            .iter()
-            .any(|e| **e == Edit::Remove)
+        } else if [
+            &edits.if_none_match,
+            &edits.if_modified_since,
+            &edits.if_range,
+        ]
+        .iter()
+        .any(|e| **e == Edit::Remove)
         {
             "dropped"
         } else {

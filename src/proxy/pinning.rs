@@ -136,11 +136,7 @@ impl GraySplit {
     /// the build is configured but has no usable server, waits for one — polling, async — until
     /// the request's or the build's `build_wait` is over, and tries a server that refused it
     /// again after a backoff. `None`: the build is gone; the caller takes any server.
-    pub(super) async fn pick_sticky(
-        &self,
-        ctx: &mut RequestCtx,
-        pool: &Arc<Pool>,
-    ) -> Option<Pick> {
+    pub(super) async fn pick_sticky(&self, ctx: &mut RequestCtx, pool: &Arc<Pool>) -> Option<Pick> {
         if ctx.miss_retry || !Arc::ptr_eq(pool, self.pools.get(&ctx.pin.as_ref()?.pool)?) {
             return None;
         }

@@ -304,7 +304,10 @@ mod tests {
     fn a_build_is_configured_while_a_server_of_it_is_listed_and_not_down() {
         let base = builds(&[1, 2], &[Some("old"), Some("new")]);
         base.snapshot().servers[0].health.set_up(false);
-        assert!(build_configured(&base, "old"), "failing checks: still configured");
+        assert!(
+            build_configured(&base, "old"),
+            "failing checks: still configured"
+        );
         assert!(pick_build(&base, "old", &[], false).is_none());
         let mut specs = base.snapshot().specs();
         specs[0].weight = 0;
