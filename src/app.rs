@@ -48,8 +48,11 @@ fn server_conf(config: &Config) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
         upstream_keepalive_pool_size: config.upstream.keepalive_pool_size,
         // Our own `tries` limits retries; this is only Pingora's global fail-safe, with room for
-        // the one asset-miss retry (a pinned asset's 404 tried on another build, pinning.rs).
-        max_retries: config.upstream.tries.max(1) + 1,
+        // the one asset-miss retry (a pinned asset's 404 tried on another build, pinning.rs) and
+        // a sticky asset's attempts while it waits for its pinned build (pinning.rs).
+        max_retries: config.upstream.tries.max(1)
+            + 1
+            + crate::proxy::select::MAX_WAIT_ATTEMPTS as usize,
         ..ServerConf::default()
     }
 }
@@ -121,6 +124,10 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         debug_headers: config.server.debug_headers,
         metrics: metrics.clone(),
         pin: Arc::new(pinner(config)),
+        cache: Arc::new(crate::http_cache::CachePolicy::new(
+            config.cache.clone(),
+            &config.gray,
+        )),
         draining,
         request_ids: config
             .server
@@ -194,6 +201,9 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
 /// The pin keys; without a configured secret a random one, and a warning saying what that costs.
 fn pinner(config: &Config) -> Pinner {
     let pinner = Pinner::new(config.pin.clone());
+    for w in crate::config::pin::warnings(config) {
+        warn!("{w}");
+    }
     if pinner.settings.enabled && pinner.random_secret {
         warn!(
             "pin: no secret configured ([pin] secrets or {}): using a random one. Pins will not \

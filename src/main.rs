@@ -81,6 +81,10 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
+        // Things that work on one instance and break a fleet: said loudly, but not an error.
+        for w in graysplit::config::pin::warnings(&config) {
+            eprintln!("graysplit: [warn] {}: {w}", cli.conf.display());
+        }
         return match app::check(&config) {
             Ok(summary) => {
                 println!("configuration OK ({}: {summary})", cli.conf.display());

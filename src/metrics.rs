@@ -20,6 +20,7 @@
 //! | `graysplit_pin_rejected_total` | counter | `why` (`malformed`, `version`, `forged`, `expired`, `stale`) |
 //! | `graysplit_pins_set_total` | counter | `event` (`new`, `changed`, `refreshed`, `repinned`) |
 //! | `graysplit_asset_misses_total` | counter | `action` (`retried`, `passed`, `blocked`) |
+//! | `graysplit_conditional_requests_total` | counter | `outcome` (`passed`, `translated`, `dropped`: validators of another build's copy removed) |
 //!
 //! `build_gone` (a pinned build with no usable server left) is a `reason` of
 //! `graysplit_requests_total`; every such request also counts as `repinned`.
@@ -85,6 +86,7 @@ pub struct Metrics {
     pin_rejected: IntCounterVec,
     pins_set: IntCounterVec,
     asset_misses: IntCounterVec,
+    conditional: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,6 +162,13 @@ impl Metrics {
              build, passed on (the 404 as is), or blocked (HTML replaced by a plain 404).",
             &["action"],
         )?;
+        let conditional = counter(
+            "graysplit_conditional_requests_total",
+            "Conditional GET/HEAD requests to frontend servers, by what graysplit did to their \
+             validators: passed (as sent), translated (build tags turned back into the server's \
+             own), dropped (they described another build's copy: removed, the answer is a 200).",
+            &["outcome"],
+        )?;
         let upstream_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "graysplit_upstream_response_seconds",
@@ -208,7 +217,14 @@ impl Metrics {
             pin_rejected,
             pins_set,
             asset_misses,
+            conditional,
         })
+    }
+
+    /// A conditional request and what was done to its validators (`passed`, `translated`,
+    /// `dropped`).
+    pub fn conditional(&self, outcome: &str) {
+        self.conditional.with_label_values(&[outcome]).inc();
     }
 
     /// A pin cookie that was ignored (`malformed`, `version`, `forged`, `expired`, `stale`).

@@ -1,9 +1,12 @@
 //! A real browser: Debian's headless Chromium, driven through chromedriver (WebDriver), loads the
 //! demo page through graysplit. `scripts/test` installs `chromium` and `chromium-driver`.
 //!
-//! Both upstreams run `try_files $uri /index.html` (the seed's setting), so a script fetched from
-//! the wrong build would come back as HTML and fail with "Unexpected token '<'" — a console error
-//! this test would see.
+//! The upstreams are two real Debian nginx serving the two builds with `try_files $uri
+//! /index.html` (the seed's setting), so a script fetched from the wrong build would come back as
+//! HTML and fail with "Unexpected token '<'" — a console error this test would see. Both builds'
+//! files have identical mtimes and their pages the same size, so nginx gives both the same ETag
+//! and Last-Modified: a reload whose validators reached the other build would get a 304 and keep
+//! the old page on screen (issue 11). The browser revalidates on every reload.
 //!
 //! Screenshots: `<target>/browser-test/{base,gray}.png`.
 
@@ -20,9 +23,10 @@ use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{json, Value};
 
+use common::builds::{base_time, BuildDir};
+use common::nginx::Nginx;
 use common::proc::Graysplit;
 use common::redis::RedisServer;
-use common::upstream::Upstream;
 use common::{eventually, eventually_sync, free_port};
 
 const BASE_BUILD: &str = "base-2026.11.1";
@@ -236,8 +240,15 @@ fn screenshot_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_loads_one_build_per_page_while_the_whitelist_flips() {
     let redis = Arc::new(RedisServer::start());
-    let base = Upstream::start_with("base", |site| site.spa_fallback = true);
-    let gray = Upstream::start_with("gray", |site| site.spa_fallback = true);
+    let (base_dir, gray_dir) = (
+        BuildDir::new("base", BASE_BUILD, base_time()),
+        BuildDir::new("gray", GRAY_BUILD, base_time()),
+    );
+    let spa = "location / { try_files $uri /index.html; }";
+    let (base, gray) = (
+        Nginx::serve_dir(base_dir.path(), spa),
+        Nginx::serve_dir(gray_dir.path(), spa),
+    );
     let files = [
         (
             "base.conf",
@@ -284,6 +295,17 @@ async fn chromium_loads_one_build_per_page_while_the_whitelist_flips() {
         c.screenshot().await.expect("screenshot"),
     )
     .expect("save base.png");
+    // A reload on the same build revalidates, and nginx says 304: validators still work.
+    let page_304s = |n: &Nginx| n.access_log().matches("\"GET / HTTP/1.1\" 304").count();
+    c.refresh().await.expect("reload");
+    let r = report(&c).await;
+    assert_eq!(r.single_build(), Some(BASE_BUILD), "{r:?}");
+    assert_eq!(
+        page_304s(&base),
+        1,
+        "the same-build reload was a 304:\n{}",
+        base.access_log()
+    );
 
     // 2. Whitelist the browser's address the seed's way; reload: all gray, pin moved.
     assert_eq!(
@@ -308,8 +330,31 @@ async fn chromium_loads_one_build_per_page_while_the_whitelist_flips() {
         c.screenshot().await.expect("screenshot"),
     )
     .expect("save gray.png");
+    assert_eq!(
+        page_304s(&gray),
+        0,
+        "the move to gray was a 200, never gray's 304"
+    );
 
-    // 3. 20 reloads while the whitelist flips in the background.
+    // 3. Removed from the whitelist; reload: base again (the rollback direction).
+    assert_eq!(redis.cli(&["del", "127.0.0.1"]).as_deref(), Some("1"));
+    c.refresh().await.expect("reload");
+    let r = report(&c).await;
+    assert_eq!(
+        r.single_build(),
+        Some(BASE_BUILD),
+        "the first reload after removal: {r:?}"
+    );
+    let pin = pin_cookie(&c).await;
+    assert!(
+        pin.starts_with(&format!("v1.base.{BASE_BUILD}.")),
+        "pin {pin:?}"
+    );
+    assert_eq!(page_304s(&base), 1, "the move back to base was a 200 too");
+    assert_eq!(console_errors(&c).await, Vec::<String>::new());
+    redis.cli(&["set", "127.0.0.1", "127.0.0.1"]);
+
+    // 4. 20 reloads while the whitelist flips in the background.
     let stop = Arc::new(AtomicBool::new(false));
     let flips = Arc::new(AtomicUsize::new(0));
     let flipper = {
@@ -330,6 +375,7 @@ async fn chromium_loads_one_build_per_page_while_the_whitelist_flips() {
     };
     let mut per_build = std::collections::BTreeMap::<String, usize>::new();
     let mut mixed = Vec::new();
+    let mut stale = Vec::new();
     let mut errors = Vec::new();
     for i in 0..20 {
         c.refresh().await.expect("reload");
@@ -337,6 +383,15 @@ async fn chromium_loads_one_build_per_page_while_the_whitelist_flips() {
         match r.single_build() {
             Some(b) => *per_build.entry(b.to_string()).or_default() += 1,
             None => mixed.push(format!("reload {i}: {r:?}")),
+        }
+        // A stale page: the document of one build while the pin (the decision) names another —
+        // what a 304 from the other build produced before.
+        let pin = pin_cookie(&c).await;
+        if !pin.contains(&format!(".{}.", r.document)) {
+            stale.push(format!(
+                "reload {i}: document {} with pin {pin}",
+                r.document
+            ));
         }
         errors.extend(
             console_errors(&c)
@@ -353,6 +408,7 @@ async fn chromium_loads_one_build_per_page_while_the_whitelist_flips() {
         flips.load(Ordering::Relaxed)
     );
     assert_eq!(mixed, Vec::<String>::new(), "mixed pages");
+    assert_eq!(stale, Vec::<String>::new(), "stale pages");
     assert_eq!(errors, Vec::<String>::new(), "console errors");
     assert!(
         flips.load(Ordering::Relaxed) >= 20,

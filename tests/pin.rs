@@ -524,3 +524,133 @@ async fn a_pinned_404_without_another_build_passes_through() {
     assert_eq!(a.body, "404 not found\n");
     assert_eq!(a.content_type, "text/plain");
 }
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Issue 13 §2, what a pin proves: a tester removed from the whitelist keeps an old gray pin.
+/// Within the grace (an open page finishing its loads) it is honoured; past it, `/index.html`
+/// fetched by a script gets the current decision, and an asset path is re-decided and keeps the
+/// pin's build only while the decision still names gray.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_gray_pin_is_honoured_only_for_the_grace_once_gray_is_pulled() {
+    let redis = RedisServer::start();
+    let (base, gray) = (Upstream::start("base"), Upstream::start("gray"));
+    let files = [
+        ("base.conf", line(&base, BASE_BUILD, "")),
+        ("gray.conf", line(&gray, GRAY_BUILD, "")),
+    ];
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let gray_toml = format!(
+        "[gray.redis]\nurl = \"{}\"\ncache_ttl = \"0s\"\ntimeout = \"200ms\"",
+        redis.url()
+    );
+    let g = Graysplit::start(&toml("grace = \"1m\"", &gray_toml), &refs);
+    let keys = Keys::new(&[SECRET]).unwrap();
+    let now = now_secs();
+    let fresh = encode(&keys, "gray", GRAY_BUILD, now - 10);
+    let old = encode(&keys, "gray", GRAY_BUILD, now - 120);
+    // Not (any more) whitelisted: 192.168.93.182 is base for pages.
+    assert_eq!(get(&g, "/", "document", Some(&old)).await.pool, "base");
+
+    // Within the grace: the open page's fetch and script still come from its build.
+    let a = get(&g, "/index.html", "empty", Some(&fresh)).await;
+    assert_eq!(
+        (a.pool.as_str(), a.reason.as_str(), a.build),
+        ("gray", "sticky", Some(GRAY_BUILD))
+    );
+    let a = get(&g, GRAY_JS, "script", Some(&fresh)).await;
+    assert_eq!((a.status, a.reason.as_str()), (200, "sticky"));
+
+    // Past it: /index.html is not an asset by its path: never served from the pin.
+    let a = get(&g, "/index.html", "empty", Some(&old)).await;
+    assert_eq!(
+        (a.pool.as_str(), a.reason.as_str(), a.build),
+        ("base", "default", Some(BASE_BUILD)),
+        "the current decision, not the pin"
+    );
+    // An asset path is re-decided: base now, so gray's script is not served (base has none,
+    // and no other build is tried for a pin that no longer holds).
+    let a = get(&g, GRAY_JS, "script", Some(&old)).await;
+    assert_eq!(
+        (a.status, a.pool.as_str(), a.reason.as_str()),
+        (404, "base", "default")
+    );
+    let a = get(&g, BASE_JS, "script", Some(&old)).await;
+    assert_eq!((a.status, a.build), (200, Some(BASE_BUILD)));
+    assert!(a.set_cookie.is_none(), "an asset never moves the pin");
+
+    // Whitelisted again: the old pin's asset is re-decided gray, so it keeps its build.
+    redis
+        .cli(&["set", "192.168.93.182", "192.168.93.182"])
+        .expect("redis-cli");
+    let a = get(&g, GRAY_JS, "script", Some(&old)).await;
+    assert_eq!(
+        (a.status, a.reason.as_str(), a.build),
+        (200, "sticky", Some(GRAY_BUILD))
+    );
+    // But a non-asset path past the grace is still decided, not pinned (here: gray by ip).
+    let a = get(&g, "/index.html", "empty", Some(&old)).await;
+    assert_eq!((a.pool.as_str(), a.reason.as_str()), ("gray", "ip"));
+}
+
+/// The switch is the operator's rollback: within the grace it never splits a loading page;
+/// past the grace an old gray pin no longer brings anyone to gray.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_gray_off_moves_old_pins_after_the_grace() {
+    let (base, gray) = (Upstream::start("base"), Upstream::start("gray"));
+    let files = [
+        ("base.conf", line(&base, BASE_BUILD, "")),
+        ("gray.conf", line(&gray, GRAY_BUILD, "")),
+    ];
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let g = Graysplit::start(&toml("grace = \"1m\"", "[gray]\nenabled = false"), &refs);
+    let keys = Keys::new(&[SECRET]).unwrap();
+    let now = now_secs();
+    let fresh = encode(&keys, "gray", GRAY_BUILD, now - 5);
+    let old = encode(&keys, "gray", GRAY_BUILD, now - 61);
+    let a = get(&g, GRAY_CSS, "style", Some(&fresh)).await;
+    assert_eq!((a.status, a.reason.as_str()), (200, "sticky"));
+    let a = get(&g, GRAY_CSS, "style", Some(&old)).await;
+    assert_eq!((a.pool.as_str(), a.reason.as_str()), ("base", "switch_off"));
+}
+
+/// Pages refresh the pin's issued time once it is older than a tenth of the grace, so every page
+/// load gives its assets (nearly) the whole grace; younger pins are not re-sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_refresh_the_pins_time_so_open_pages_stay_inside_the_grace() {
+    let (base, gray) = (Upstream::start("base"), Upstream::start("gray"));
+    let files = [
+        ("base.conf", line(&base, BASE_BUILD, "")),
+        ("gray.conf", line(&gray, GRAY_BUILD, "")),
+    ];
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let g = Graysplit::start(&toml("grace = \"10m\"", ""), &refs);
+    let keys = Keys::new(&[SECRET]).unwrap();
+    let now = now_secs();
+    let young = encode(&keys, "base", BASE_BUILD, now - 30);
+    let older = encode(&keys, "base", BASE_BUILD, now - 61);
+    assert!(
+        get(&g, "/", "document", Some(&young)).await.pin.is_none(),
+        "30 s < 10m/10"
+    );
+    let p = get(&g, "/", "document", Some(&older))
+        .await
+        .pin
+        .expect("refreshed");
+    let issued: u64 = p.rsplit('.').nth(1).unwrap().parse().unwrap();
+    assert!(
+        issued >= now,
+        "the page's own decision time: {p} (now {now}, sent {older})"
+    );
+    let m = metrics(&g).await;
+    assert_eq!(
+        metric(&m, "graysplit_pins_set_total{event=\"refreshed\"}"),
+        1.0,
+        "{m}"
+    );
+}

@@ -24,6 +24,10 @@ pub struct FileConfig {
     pub pin: super::pin::PinSection,
     /// The admin listener's token and status page (`[admin]`).
     pub admin: super::admin::AdminSection,
+    /// Caching headers of responses decided per client (`[cache]`).
+    pub cache: super::cache::CacheSection,
+    /// The visitor id cookie (`[visitor]`).
+    pub visitor: super::visitor::VisitorSection,
 }
 
 #[derive(Debug, Deserialize)]

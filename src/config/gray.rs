@@ -13,6 +13,7 @@ use crate::gray::client_ip::ClientIpHeader;
 use crate::gray::decision::Switches;
 use crate::gray::redis_whitelist::RedisSettings;
 use crate::gray::rules::{self, Match, Rule, Source};
+use crate::gray::salt::{self, Salt};
 use crate::gray::switches::percent_to_bp;
 use crate::gray::GraySettings;
 
@@ -22,6 +23,8 @@ pub struct GraySection {
     pub enabled: bool,
     pub all: bool,
     pub percent: f64,
+    /// The percent rollout's salt ("" = none: buckets as before salts existed).
+    pub salt: String,
     pub trusted_proxies: Vec<String>,
     pub client_ip_header: String,
     pub user_header: String,
@@ -40,6 +43,7 @@ impl Default for GraySection {
             enabled: true,
             all: false,
             percent: 0.0,
+            salt: String::new(),
             trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
             client_ip_header: "x-forwarded-for".into(),
             user_header: String::new(),
@@ -120,6 +124,9 @@ impl Validator<'_> {
             self.error("gray.percent", g.percent, "must be a number from 0 to 100");
             0
         });
+        if let Some(rule) = salt::check(&g.salt) {
+            self.error("gray.salt", &g.salt, rule);
+        }
         let mut trusted = Vec::new();
         for (i, cidr) in g.trusted_proxies.iter().enumerate() {
             match cidr.parse::<ipnet::IpNet>() {
@@ -173,6 +180,7 @@ impl Validator<'_> {
                 enabled: g.enabled,
                 all: g.all,
                 percent_bp,
+                salt: Salt::new(&g.salt),
             },
             trusted_proxies: trusted,
             client_ip_header,
@@ -185,6 +193,8 @@ impl Validator<'_> {
             switches_file: file(&g.switches_file),
             consul_prefix,
             redis: g.redis.as_ref().and_then(|r| self.redis(r)),
+            // Set by `[visitor]` (config/visitor.rs).
+            visitor: Default::default(),
         }
     }
 

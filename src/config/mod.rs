@@ -7,11 +7,13 @@
 
 pub mod admin;
 pub mod consul_address;
+pub mod cache;
 pub mod duration;
 pub mod file;
 pub mod gray;
 pub mod health;
 pub mod pin;
+pub mod visitor;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -80,6 +82,8 @@ pub struct Config {
     pub pin: crate::pin::PinSettings,
     /// `[admin]`: the admin listener's token and status page format.
     pub admin: admin::AdminSettings,
+    /// `[cache]`: caching headers of responses decided per client.
+    pub cache: crate::http_cache::CacheSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -124,26 +128,8 @@ pub struct UpstreamConfig {
     pub retry_on_status: Vec<u16>,
 }
 
-/// A secret (the Consul ACL token): `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(secret: impl Into<String>) -> Secret {
-        Secret(secret.into())
-    }
-
-    /// The secret itself, for the one place that must send it (the `X-Consul-Token` header).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+/// Secrets live in their own module (`crate::secret`), shared with `pin` without a cycle.
+pub use crate::secret::Secret;
 
 /// Environment variable holding the Consul token when the config file does not set `token`
 /// (keeps the secret out of a file that is usually in version control).
@@ -324,15 +310,17 @@ impl Validator<'_> {
                 pool.health = health::resolve(&mut self.errors, &prefix, &section, &health);
             }
         }
-        let gray = self.gray(
+        let mut gray = self.gray(
             &raw.gray,
             &raw.routes,
             &pools,
             base_dir,
             !consul.addresses.is_empty(),
         );
+        gray.visitor = self.visitor(&raw.visitor, raw.pin.secure, &raw.pin.name);
         let pin = self.pin(&raw.pin);
         let admin = self.admin(&raw.admin, &raw.server.admin_listen);
+        let cache = self.cache(&raw.cache);
         Config {
             path: path.to_path_buf(),
             server,
@@ -343,6 +331,7 @@ impl Validator<'_> {
             gray,
             pin,
             admin,
+            cache,
         }
     }
 
@@ -541,7 +530,7 @@ impl Validator<'_> {
             );
             return None;
         }
-        Some(Secret(token))
+        Some(Secret::new(token))
     }
 
     fn pools(

@@ -15,6 +15,10 @@ const MAX_MAX_AGE: Duration = Duration::from_secs(400 * 86_400);
 /// Default lifetime of a session pin (no `max_age`).
 const DEFAULT_LIFETIME: &str = "12h";
 
+/// Longest `build_wait`: a request held longer than this helps nobody (browsers and users give
+/// up), and every waiting request holds a connection.
+const MAX_BUILD_WAIT: Duration = Duration::from_secs(60);
+
 #[derive(Deserialize)]
 #[serde(default)]
 pub struct PinSection {
@@ -27,6 +31,8 @@ pub struct PinSection {
     pub max_age: String,
     /// "" = `max_age` when set, else 12h.
     pub lifetime: String,
+    pub grace: String,
+    pub build_wait: String,
     pub asset_patterns: Vec<String>,
     pub retry_missing_assets: bool,
     pub reject_html_assets: bool,
@@ -41,6 +47,8 @@ impl Default for PinSection {
             secure: false,
             max_age: String::new(),
             lifetime: String::new(),
+            grace: "5m".into(),
+            build_wait: "5s".into(),
             asset_patterns: DEFAULT_ASSET_PATTERNS
                 .iter()
                 .map(|s| s.to_string())
@@ -63,6 +71,8 @@ impl std::fmt::Debug for PinSection {
             .field("secure", &self.secure)
             .field("max_age", &self.max_age)
             .field("lifetime", &self.lifetime)
+            .field("grace", &self.grace)
+            .field("build_wait", &self.build_wait)
             .field("asset_patterns", &self.asset_patterns)
             .field("retry_missing_assets", &self.retry_missing_assets)
             .field("reject_html_assets", &self.reject_html_assets)
@@ -109,6 +119,26 @@ impl Validator<'_> {
                 d
             }
         };
+        let grace = self.duration("pin.grace", &p.grace);
+        // A lifetime that failed its own check (zero) is reported already.
+        if grace > lifetime && !lifetime.is_zero() {
+            self.error(
+                "pin.grace",
+                &p.grace,
+                format!(
+                    "must be at most the lifetime ({}): a pin is never honoured past it",
+                    duration::format(lifetime)
+                ),
+            );
+        }
+        let build_wait = self.duration("pin.build_wait", &p.build_wait);
+        if build_wait > MAX_BUILD_WAIT {
+            self.error(
+                "pin.build_wait",
+                &p.build_wait,
+                "must be at most 1m (each waiting request holds a connection; browsers give up)",
+            );
+        }
         let assets = match AssetPatterns::new(&p.asset_patterns) {
             Ok(a) => a,
             Err((i, rule)) => {
@@ -127,6 +157,8 @@ impl Validator<'_> {
             secure: p.secure,
             max_age,
             lifetime,
+            grace,
+            build_wait,
             assets,
             retry_missing: p.retry_missing_assets,
             reject_html: p.reject_html_assets,
@@ -160,10 +192,28 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            out.push(Secret(s));
+            out.push(Secret::new(s));
         }
         out
     }
+}
+
+/// Warnings about the pin that `graysplit -t` prints and the start logs: things that work on one
+/// instance and break a fleet. Not errors — a single instance without a secret is fine.
+pub fn warnings(config: &super::Config) -> Vec<String> {
+    let from_consul = config.pools.values().any(|p| p.consul_prefix.is_some())
+        || config.gray.consul_prefix.is_some();
+    let mut out = Vec::new();
+    if config.pin.enabled && config.pin.secrets.is_empty() && from_consul {
+        out.push(format!(
+            "pin.secrets: no secret set (nor {SECRETS_ENV}) while pools or switches come from \
+             Consul, which usually means several instances: each one signs pins with its own \
+             random secret and rejects the others', so behind a load balancer pages mix builds \
+             (and every restart re-pins everyone). Set the same secret on every instance, e.g. \
+             {SECRETS_ENV}=$(openssl rand -hex 32)"
+        ));
+    }
+    out
 }
 
 /// Cookie names as we allow them (a safe subset of RFC 6265's token).
@@ -204,6 +254,7 @@ mod tests {
         assert!(p.secrets.is_empty(), "none: a random one at start");
         assert_eq!(p.max_age, None);
         assert_eq!(p.lifetime.as_secs(), 12 * 3600);
+        assert_eq!((p.grace.as_secs(), p.build_wait.as_secs()), (300, 5));
         assert!(p.assets.matches("/assets/app.js") && !p.assets.matches("/index.html"));
     }
 
@@ -238,6 +289,19 @@ mod tests {
         );
         assert_eq!(e[3].value.as_deref(), Some("assets/*"));
         assert!(e[3].rule.contains("must start with '/'"));
+        let e = errors("grace = \"13h\"\nbuild_wait = \"2m\"");
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["pin.grace", "pin.build_wait"], "{e:?}");
+        assert!(
+            e[0].rule.contains("at most the lifetime (43200s)"),
+            "{}",
+            e[0]
+        );
+        let c = load("grace = \"0s\"\nbuild_wait = \"0s\"", None).unwrap();
+        assert!(
+            c.pin.grace.is_zero() && c.pin.build_wait.is_zero(),
+            "0s: check always, never wait"
+        );
         let e = errors("max_age = \"401d\"");
         assert!(e[0].rule.contains("400d"), "{e:?}");
         let e = errors("colour = \"red\"");
@@ -256,6 +320,40 @@ mod tests {
         );
         assert_eq!(format!("{got:?}"), format!("{want:?}"));
         assert!(got.secrets.is_empty());
+    }
+
+    #[test]
+    fn a_fleet_without_a_shared_secret_is_warned_about() {
+        let consul = "[consul]\naddresses = [\"http://127.0.0.1:8500\"]\n\
+                      [pools.base]\nconsul_prefix = \"upstreams/base/\"\n";
+        let load = |extra: &str, env: Option<&str>| {
+            Config::from_toml_with_env(
+                &format!("{consul}{extra}"),
+                Path::new("/etc/graysplit/graysplit.toml"),
+                |n| {
+                    (n == super::SECRETS_ENV)
+                        .then(|| env.map(str::to_string))
+                        .flatten()
+                },
+            )
+            .unwrap()
+        };
+        let w = super::warnings(&load("", None));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("pin.secrets: no secret set"), "{}", w[0]);
+        assert!(w[0].contains("pages mix builds"));
+        assert!(super::warnings(&load("", Some("a-shared-secret-0123456789"))).is_empty());
+        assert!(super::warnings(&load(
+            "[pin]\nsecrets = [\"a-shared-secret-0123456789\"]",
+            None
+        ))
+        .is_empty());
+        assert!(super::warnings(&load("[pin]\nenabled = false", None)).is_empty());
+        let file_pools = Config::from_toml(POOLS, Path::new("/etc/g.toml")).unwrap();
+        assert!(
+            super::warnings(&file_pools).is_empty(),
+            "one machine: the start log says it"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! curl -X PUT -d false http://<consul>:8500/v1/kv/graysplit/gray/enabled   # gray off for everyone
 //! curl -X PUT -d true  http://<consul>:8500/v1/kv/graysplit/gray/all       # gray for everyone
 //! curl -X PUT -d 12.5  http://<consul>:8500/v1/kv/graysplit/gray/percent   # 12.5 % rollout
+//! curl -X PUT -d r-2   http://<consul>:8500/v1/kv/graysplit/gray/salt      # other users for it
 //! curl -X DELETE       http://<consul>:8500/v1/kv/graysplit/gray/all       # back to the config default
 //! ```
 //!
@@ -17,6 +18,7 @@ use base64::Engine as _;
 use log::{info, warn};
 
 use super::decision::Switches;
+use super::salt::{self, Salt};
 use super::switches::{parse_bool, percent_to_bp};
 use super::GrayEngine;
 use crate::upstream::consul::{next_index, Backoff, ConsulClient};
@@ -75,6 +77,15 @@ pub fn apply(
                     "{prefix}percent = {v:?}: expected a number from 0 to 100"
                 ));
                 sw.percent_bp = current.percent_bp;
+            }
+        }
+    }
+    if let Some(v) = value("salt") {
+        match salt::check(&v) {
+            None => sw.salt = Salt::new(&v),
+            Some(rule) => {
+                problems.push(format!("{prefix}salt = {v:?}: {rule}"));
+                sw.salt = current.salt;
             }
         }
     }
@@ -172,9 +183,13 @@ mod tests {
             Switches {
                 enabled: true,
                 all: true,
-                percent_bp: 250
+                percent_bp: 250,
+                salt: Salt::NONE,
             }
         );
+        let (sw, p) = apply(P, &[entry("graysplit/gray/salt", "r-2")], d, d);
+        assert!(p.is_empty());
+        assert_eq!(sw.salt, Salt::new("r-2"), "a new salt from Consul");
         let (sw, _) = apply(P, &[], sw, d);
         assert_eq!(sw, d, "deleting the keys restores the config defaults");
     }
@@ -185,18 +200,20 @@ mod tests {
             enabled: false,
             all: false,
             percent_bp: 700,
+            salt: Salt::new("kept"),
         };
         let (sw, p) = apply(
             P,
             &[
                 entry("graysplit/gray/enabled", "perhaps"),
                 entry("graysplit/gray/percent", "150"),
+                entry("graysplit/gray/salt", "tab\there"),
             ],
             current,
             Switches::default(),
         );
         assert_eq!(sw, current);
-        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p.len(), 3, "{p:?}");
         assert!(p[0].contains("graysplit/gray/enabled = \"perhaps\""));
     }
 }
@@ -228,6 +245,7 @@ mod fuzz_tests {
                 enabled,
                 all,
                 percent_bp,
+                salt: Salt::NONE,
             }
         })
     }

@@ -6,7 +6,8 @@
 //! 1. gray switch off → base (`switch_off`); all-traffic switch on → gray (`all_gray`)
 //! 2. explicit rules on header / cookie / query → their pool (`rule`)
 //! 4. client IP whitelisted (`ip`), inside a whitelisted CIDR (`cidr`), user whitelisted (`user`)
-//! 5. percentage rollout: stable bucket of user id, else client IP, below `percent` → gray (`percent`)
+//! 5. percentage rollout: stable bucket (salted, see [`super::salt`]) of the user id, else the
+//!    visitor id, else the client IP, below `percent` → gray (`percent`)
 //! 6. otherwise base (`default`)
 //!
 //! Steps 0–2 need no lookup, so [`before_lookup`] runs first and the request path asks Redis or
@@ -20,6 +21,8 @@
 
 use std::sync::Arc;
 
+use super::salt::Salt;
+
 /// Runtime switches (config defaults, overridable from Consul or a switches file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Switches {
@@ -29,6 +32,8 @@ pub struct Switches {
     pub all: bool,
     /// Rollout share in basis points (0..=10000; 1% = 100).
     pub percent_bp: u32,
+    /// The rollout's salt: a new one picks other users for the same percent.
+    pub salt: Salt,
 }
 
 impl Default for Switches {
@@ -37,6 +42,7 @@ impl Default for Switches {
             enabled: true,
             all: false,
             percent_bp: 0,
+            salt: Salt::NONE,
         }
     }
 }
@@ -55,11 +61,17 @@ pub enum Target {
 pub struct Decision {
     pub target: Target,
     pub reason: &'static str,
+    /// A visitor id drawn for this client (its first percent decision): the response sets it.
+    pub visitor: Option<String>,
 }
 
 impl Decision {
     pub const fn new(target: Target, reason: &'static str) -> Self {
-        Self { target, reason }
+        Self {
+            target,
+            reason,
+            visitor: None,
+        }
     }
 }
 
@@ -92,7 +104,8 @@ pub fn before_lookup(
     rule.map(|t| Decision::new(t.clone(), "rule"))
 }
 
-/// Steps 4–6. `bucket` is [`bucket`] of the user id, else of the client IP.
+/// Steps 4–6. `bucket` is the salted bucket ([`Salt::bucket`]) of the user id, else the visitor
+/// id, else the client IP.
 pub fn after_lookup(sw: &Switches, hits: Hits, bucket: u32) -> Decision {
     if hits.ip {
         Decision::new(Target::Gray, "ip")
@@ -108,7 +121,8 @@ pub fn after_lookup(sw: &Switches, hits: Hits, bucket: u32) -> Decision {
 }
 
 /// A stable bucket in 0..10000 (FNV-1a), the same on every instance and across restarts, so a
-/// user stays on the same side of a percentage rollout wherever the request lands.
+/// user stays on the same side of a percentage rollout wherever the request lands. The unsalted
+/// bucket ([`Salt::NONE`]); a salt uses SHA-256 instead.
 pub fn bucket(key: &[u8]) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key {
@@ -126,6 +140,7 @@ mod tests {
         enabled: true,
         all: false,
         percent_bp: 0,
+        salt: Salt::NONE,
     };
     const NO_HITS: Hits = Hits {
         ip: false,
@@ -143,6 +158,7 @@ mod tests {
             enabled: false,
             all: true,
             percent_bp: 10_000,
+            ..ON
         };
         let d = before_lookup(&off, Some(&Target::Base), true, Some(&Target::Gray)).unwrap();
         assert_eq!(d, Decision::new(Target::Gray, "sticky"));
@@ -156,6 +172,7 @@ mod tests {
             enabled: false,
             all: true,
             percent_bp: 10_000,
+            ..ON
         };
         for (is_asset, pin) in [(false, Some(&Target::Gray)), (true, None)] {
             let d = before_lookup(&off, Some(&Target::Gray), is_asset, pin).unwrap();

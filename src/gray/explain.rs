@@ -83,6 +83,7 @@ pub async fn decide(engine: &GrayEngine, query: Option<&str>) -> Result<Value, S
         "switches": {"enabled": sw.enabled, "all": sw.all, "percent": f64::from(sw.percent_bp) / 100.0},
         "asset": is_asset,
         "note": "pages are decided like this; an asset with a valid pin cookie follows its pin \
-                 (describe one with asset=1&pin=<pool>)",
+                 within pin.grace of its page (describe one with asset=1&pin=<pool>); past the \
+                 grace it is decided like this and keeps the pin's build only for the same pool",
     }))
 }

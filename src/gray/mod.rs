@@ -9,7 +9,9 @@ pub mod decision;
 pub mod explain;
 pub mod redis_whitelist;
 pub mod rules;
+pub mod salt;
 pub mod switches;
+pub mod visitor;
 pub mod whitelist;
 
 use std::collections::HashMap;
@@ -47,6 +49,8 @@ pub struct GraySettings {
     /// KV folder holding `enabled`, `all`, `percent` (e.g. `graysplit/gray/`).
     pub consul_prefix: Option<String>,
     pub redis: Option<RedisSettings>,
+    /// The visitor id cookie: the percent bucket of anonymous clients (`[visitor]`).
+    pub visitor: visitor::VisitorSettings,
 }
 
 /// Who is asking.
@@ -152,10 +156,11 @@ impl GrayEngine {
         }
         if **self.switches.load() != sw {
             info!(
-                "gray switches from {source}: enabled={} all={} percent={}",
+                "gray switches from {source}: enabled={} all={} percent={} salt={}",
                 sw.enabled,
                 sw.all,
-                f64::from(sw.percent_bp) / 100.0
+                f64::from(sw.percent_bp) / 100.0,
+                sw.salt.label()
             );
             self.switches.store(Arc::new(sw));
         }
@@ -176,12 +181,35 @@ impl GrayEngine {
             return d;
         }
         let hits = self.hits(client).await;
-        let key = client
-            .user
-            .as_deref()
-            .map(|u| decision::bucket(u.as_bytes()))
-            .unwrap_or_else(|| decision::bucket(client.ip.to_string().as_bytes()));
-        decision::after_lookup(&sw, hits, key)
+        // The percent bucket: the user id, else the visitor id, else the IP (salted: salt.rs).
+        // Only a partial rollout needs it (0 % and 100 % decide alike for every bucket).
+        let partial = (1..10_000).contains(&sw.percent_bp);
+        let visitor = match (&client.user, self.settings.visitor.cookie.as_deref()) {
+            (None, Some(name)) if partial => visitor::read(headers, name),
+            _ => None,
+        };
+        let bucket = match (&client.user, visitor) {
+            _ if !partial => 0,
+            (Some(u), _) => sw.salt.bucket(u.as_bytes()),
+            (None, Some(v)) => sw.salt.bucket(v.as_bytes()),
+            (None, None) => sw.salt.bucket(client.ip.to_string().as_bytes()),
+        };
+        let mut d = decision::after_lookup(&sw, hits, bucket);
+        // An anonymous client reaching the percent step for the first time gets a visitor id on
+        // the side its IP gave it (visitor.rs); only while a rollout is partial.
+        if partial
+            && client.user.is_none()
+            && visitor.is_none()
+            && self.settings.visitor.cookie.is_some()
+            && matches!(d.reason, "percent" | "default")
+        {
+            d.visitor = Some(visitor::mint(
+                &sw.salt,
+                d.target == Target::Gray,
+                sw.percent_bp,
+            ));
+        }
+        d
     }
 
     async fn hits(&self, client: &Client) -> Hits {

@@ -4,12 +4,14 @@
 //! enabled = true
 //! all = false
 //! percent = 12.5
+//! salt = "2026-11-checkout"
 //! ```
 //!
 //! Keys left out keep their config defaults. A file with any bad line is refused whole (a
 //! half-applied switch set is worse than the previous one).
 
 use super::decision::Switches;
+use super::salt::{self, Salt};
 
 /// Percent (0..=100, up to two decimals) as basis points.
 pub fn percent_to_bp(p: f64) -> Option<u32> {
@@ -49,7 +51,13 @@ pub fn parse(text: &str, defaults: Switches) -> Result<Switches, String> {
                     .and_then(percent_to_bp)
                     .ok_or_else(|| bad("percent must be a number from 0 to 100"))?
             }
-            _ => return Err(bad("unknown key; expected enabled, all or percent")),
+            "salt" => {
+                if let Some(rule) = salt::check(value) {
+                    return Err(bad(&format!("salt {rule}")));
+                }
+                sw.salt = Salt::new(value)
+            }
+            _ => return Err(bad("unknown key; expected enabled, all, percent or salt")),
         }
     }
     Ok(sw)
@@ -67,9 +75,12 @@ mod tests {
             Switches {
                 enabled: true,
                 all: true,
-                percent_bp: 1250
+                percent_bp: 1250,
+                salt: Salt::NONE,
             }
         );
+        let sw = parse("salt = \"r-2\"\n", Switches::default()).unwrap();
+        assert_eq!(sw.salt, Salt::new("r-2"));
     }
 
     #[test]
@@ -80,6 +91,7 @@ mod tests {
             "percent = -1",
             "colour = red",
             "percent",
+            "salt = tab\there",
         ] {
             assert!(parse(bad, Switches::default()).is_err(), "{bad}");
         }

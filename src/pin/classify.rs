@@ -10,7 +10,9 @@
 //!
 //! Asset patterns are gitignore-like globs, checked in order, the last match winning; `!`
 //! negates. A pattern without `/` is matched against the last path segment, one with `/` against
-//! the whole path. `*` matches within a segment, `**` across segments, `?` one character.
+//! the whole path. `*` matches within a segment, `**` across segments, `?` one character, and
+//! `[hash]` a content hash as bundlers write it: 8 or more letters, digits or `_`, with at least
+//! one digit and one letter (`5bdff181`, `BdMf2Xk1`, `a1b2c3d4e5f6a7b8`).
 //! Default: `["*.*", "!*.html"]` — a file extension other than `.html`.
 
 use http::{HeaderMap, Method};
@@ -180,10 +182,36 @@ pub fn html_is_never_right(headers: &HeaderMap, path: &str) -> bool {
     })
 }
 
-/// Glob match: `*` within a segment, `**` across segments, `?` one non-'/' byte.
+/// The `[hash]` token of a pattern.
+const HASH_TOKEN: &[u8] = b"[hash]";
+
+/// Shortest content hash `[hash]` matches (Vite and webpack write 8 or more characters).
+const MIN_HASH_LEN: usize = 8;
+
+/// Does `h` look like a content hash: letters, digits and `_`, at least one digit and one letter?
+/// (A date such as `20261101` or a word such as `vendors` is not one.)
+fn is_hash(h: &[u8]) -> bool {
+    h.len() >= MIN_HASH_LEN
+        && h.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        && h.iter().any(u8::is_ascii_digit)
+        && h.iter().any(u8::is_ascii_alphabetic)
+}
+
+/// Glob match: `*` within a segment, `**` across segments, `?` one non-'/' byte, `[hash]` a
+/// content hash ([`is_hash`]).
 fn glob(p: &[u8], s: &[u8]) -> bool {
     match p.first() {
         None => s.is_empty(),
+        Some(b'[') if p.starts_with(HASH_TOKEN) => {
+            let rest = &p[HASH_TOKEN.len()..];
+            let run = s
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                .count();
+            (MIN_HASH_LEN..=run)
+                .rev()
+                .any(|n| is_hash(&s[..n]) && glob(rest, &s[n..]))
+        }
         Some(b'*') if p.get(1) == Some(&b'*') => {
             let rest = &p[2..];
             (0..=s.len()).any(|i| glob(rest, &s[i..]))
@@ -341,6 +369,34 @@ mod tests {
         let q = AssetPatterns::new(&["app.??.js"]).unwrap();
         assert!(q.matches("/x/app.12.js") && !q.matches("/x/app.123.js"));
         assert!(!AssetPatterns::new::<&str>(&[]).unwrap().matches("/a.js"));
+    }
+
+    #[test]
+    fn hash_matches_bundler_content_hashes_only() {
+        let a = AssetPatterns::new(&["*.[hash].*", "*-[hash].*"]).unwrap();
+        for hashed in [
+            "/assets/app.5bdff181.js",           // Vite 2, webpack [contenthash:8]
+            "/assets/index-BdMf2Xk1.js",         // Vite 3+ (base64url-like)
+            "/js/chunk-vendors.3f2a1b9c.js",     // Vue CLI
+            "/static/js/main.8e130b62.chunk.js", // Create React App
+            "/_next/static/chunks/app-a1b2c3d4e5f6a7b8.js", // Next.js
+            "/assets/logo.9abd1b9d.svg",
+        ] {
+            assert!(a.matches(hashed), "{hashed}");
+        }
+        for plain in [
+            "/config.js",
+            "/favicon.ico",
+            "/assets/app.js",
+            "/jquery-3.6.0.min.js",
+            "/fonts/roboto-v30-latin-regular.woff2",
+            "/img/banner-20261101.png", // a date, not a hash
+            "/polyfills-es2015.js",
+            "/chunk-vendors.js",
+            "/index.html",
+        ] {
+            assert!(!a.matches(plain), "{plain}");
+        }
     }
 
     #[test]

@@ -113,13 +113,26 @@ pub fn encode(keys: &Keys, pool: &str, build: &str, now: u64) -> String {
     out
 }
 
-/// Reads and verifies a cookie value. `lifetime` is in seconds.
-pub fn decode<'a>(
-    keys: &Keys,
-    value: &'a str,
-    now: u64,
-    lifetime: u64,
-) -> Result<PinRef<'a>, Reject> {
+/// The longest value [`encode`] can produce (`v1.` + 64-byte pool + 64-byte build + 20 digits +
+/// signature, with dots): anything longer is refused before any other work.
+pub const MAX_VALUE_LEN: usize = VERSION.len() + 1 + 64 + 1 + 64 + 1 + 20 + 1 + SIG_LEN;
+
+/// A value shaped like a pin of our version, not yet verified: borrowed parts and the decoded tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shaped<'a> {
+    /// Everything the signature covers (`v1.pool.build.issued`).
+    signed: &'a str,
+    pub pool: &'a str,
+    pub build: &'a str,
+    pub issued: u64,
+    tag: [u8; 32],
+}
+
+/// The cheap half of reading a pin: length, version, fields, base64. No HMAC, no clock.
+pub fn shape(value: &str) -> Result<Shaped<'_>, Reject> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(Reject::Malformed);
+    }
     let Some(rest) = value
         .strip_prefix(VERSION)
         .and_then(|r| r.strip_prefix('.'))
@@ -133,7 +146,7 @@ pub fn decode<'a>(
     let (pool, rest) = rest.split_once('.').ok_or(Reject::Malformed)?;
     let (rest, sig) = rest.rsplit_once('.').ok_or(Reject::Malformed)?;
     let (build, issued) = rest.rsplit_once('.').ok_or(Reject::Malformed)?;
-    if !valid_pool(pool) || !valid_build(build) || sig.len() != SIG_LEN {
+    if sig.len() != SIG_LEN || !valid_pool(pool) || !valid_build(build) {
         return Err(Reject::Malformed);
     }
     if issued.is_empty() || issued.len() > 20 || !issued.bytes().all(|b| b.is_ascii_digit()) {
@@ -141,23 +154,51 @@ pub fn decode<'a>(
     }
     let issued: u64 = issued.parse().map_err(|_| Reject::Malformed)?;
     // One spare byte: the decoder's length estimate for 43 characters is 33.
-    let mut tag = [0u8; 33];
-    match URL_SAFE_NO_PAD.decode_slice(sig, &mut tag) {
+    let mut buf = [0u8; 33];
+    match URL_SAFE_NO_PAD.decode_slice(sig, &mut buf) {
         Ok(32) => {}
         _ => return Err(Reject::Malformed),
     }
-    let signed = &value[..value.len() - SIG_LEN - 1];
-    if !keys.verify(signed.as_bytes(), &tag[..32]) {
+    let mut tag = [0u8; 32];
+    tag.copy_from_slice(&buf[..32]);
+    Ok(Shaped {
+        signed: &value[..value.len() - SIG_LEN - 1],
+        pool,
+        build,
+        issued,
+        tag,
+    })
+}
+
+/// The expensive half: the HMAC (one per key at most), then the clock. `lifetime` in seconds.
+pub fn verify<'a>(
+    keys: &Keys,
+    shaped: &Shaped<'a>,
+    now: u64,
+    lifetime: u64,
+) -> Result<PinRef<'a>, Reject> {
+    if !keys.verify(shaped.signed.as_bytes(), &shaped.tag) {
         return Err(Reject::Forged);
     }
+    let issued = shaped.issued;
     if issued > now.saturating_add(MAX_FUTURE_SKEW) || now.saturating_sub(issued) > lifetime {
         return Err(Reject::Expired);
     }
     Ok(PinRef {
-        pool,
-        build,
+        pool: shaped.pool,
+        build: shaped.build,
         issued,
     })
+}
+
+/// Reads and verifies a cookie value ([`shape`], then [`verify`]). `lifetime` is in seconds.
+pub fn decode<'a>(
+    keys: &Keys,
+    value: &'a str,
+    now: u64,
+    lifetime: u64,
+) -> Result<PinRef<'a>, Reject> {
+    verify(keys, &shape(value)?, now, lifetime)
 }
 
 /// `v<digits>.…` of a version other than ours.

@@ -7,16 +7,20 @@
 //!
 //! - [`cookie`]: the value's codec and HMAC (pure).
 //! - [`classify`]: page or asset (pure).
+//! - [`scope`]: what a valid pin proves, and for how long (pure).
+//! - [`outage`]: since when a pinned build has had no usable server (pure state).
 //! - [`Pinner`]: settings + keys: reads the request's pin, writes `Set-Cookie`.
 
 pub mod classify;
 pub mod cookie;
+pub mod outage;
+pub mod scope;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use classify::AssetPatterns;
 use cookie::{Keys, Reject};
 
@@ -26,6 +30,14 @@ pub const SECRETS_ENV: &str = "GRAYSPLIT_PIN_SECRETS";
 
 /// Shortest secret accepted: HMAC is only as strong as a secret nobody can guess.
 pub const MIN_SECRET_LEN: usize = 16;
+
+/// Values of the pin cookie looked at per request. A browser sends one (a few when cookies of
+/// other paths or domains share the name); more is hostile, and is not read.
+pub const MAX_CANDIDATES: usize = 8;
+
+/// Values verified (an HMAC each, per secret) per request: a `Cookie` of 2,000 well-shaped forged
+/// pins costs at most this many HMACs, not 2,000.
+pub const MAX_VERIFIED: usize = 3;
 
 /// Validated `[pin]` settings.
 #[derive(Debug, Clone)]
@@ -40,6 +52,12 @@ pub struct PinSettings {
     pub max_age: Option<Duration>,
     /// A pin older than this is ignored.
     pub lifetime: Duration,
+    /// An asset follows its pin without any lookup for this long after the pin's page decision;
+    /// past it, only if the decision still names the pin's pool ([`scope`]).
+    pub grace: Duration,
+    /// How long a pinned asset waits for its build when the build is configured but has no
+    /// usable server right now ([`outage`]); zero: never wait.
+    pub build_wait: Duration,
     pub assets: AssetPatterns,
     /// A pinned asset answered 404 is tried once on another build.
     pub retry_missing: bool,
@@ -56,6 +74,8 @@ impl Default for PinSettings {
             secure: false,
             max_age: None,
             lifetime: Duration::from_secs(12 * 3600),
+            grace: Duration::from_secs(300),
+            build_wait: Duration::from_secs(5),
             assets: AssetPatterns::default(),
             retry_missing: true,
             reject_html: true,
@@ -89,6 +109,8 @@ pub struct Pinner {
     attributes: String,
     /// True when no secret was configured and a random one is in use.
     pub random_secret: bool,
+    /// Pinned builds that requests found without a usable server (the wait for a hiccup).
+    pub outages: outage::Outages,
 }
 
 impl Pinner {
@@ -113,6 +135,7 @@ impl Pinner {
             attributes.push_str(&format!("; Max-Age={}", age.as_secs()));
         }
         Pinner {
+            outages: outage::Outages::new(settings.build_wait),
             settings,
             keys,
             attributes,
@@ -120,15 +143,29 @@ impl Pinner {
         }
     }
 
-    /// The request's pin, verified at `now` (Unix seconds). Only a present cookie costs an HMAC.
+    /// The request's pin, verified at `now` (Unix seconds). Only a present cookie costs an HMAC,
+    /// and the cost is bounded whatever the request holds: at most [`MAX_CANDIDATES`] values
+    /// are looked at, cheap shape checks come first, at most [`MAX_VERIFIED`] are verified.
     pub fn read(&self, headers: &HeaderMap, now: u64) -> Read {
         if !self.settings.enabled {
             return Read::Absent;
         }
         let lifetime = self.settings.lifetime.as_secs();
         let mut first_reject = None;
-        for value in cookie_values(headers, &self.settings.name) {
-            match cookie::decode(&self.keys, value, now, lifetime) {
+        let mut verified = 0;
+        for value in crate::cookies::values(headers, &self.settings.name).take(MAX_CANDIDATES) {
+            let shaped = match cookie::shape(value) {
+                Ok(s) => s,
+                Err(r) => {
+                    first_reject.get_or_insert(r);
+                    continue;
+                }
+            };
+            if verified == MAX_VERIFIED {
+                break;
+            }
+            verified += 1;
+            match cookie::verify(&self.keys, &shaped, now, lifetime) {
                 Ok(p) => {
                     return Read::Valid(Pin {
                         pool: p.pool.to_string(),
@@ -142,6 +179,11 @@ impl Pinner {
             }
         }
         first_reject.map_or(Read::Absent, Read::Rejected)
+    }
+
+    /// The pin's age at `now`, in seconds (0 for a pin issued within the allowed future skew).
+    pub fn age(pin: &Pin, now: u64) -> u64 {
+        now.saturating_sub(pin.issued)
     }
 
     /// A `Set-Cookie` value pinning `pool` and `build`.
@@ -158,11 +200,17 @@ impl Pinner {
     }
 
     /// Should a page that confirmed `pin` send it again? With `max_age` the browser's copy
-    /// slides on every page; without, only once half the lifetime has passed (so an active user's
-    /// pin never expires under an open page).
+    /// slides on every page. Without, once the pin is older than a tenth of the grace (or half
+    /// the lifetime, if that is shorter): the re-issued pin carries this page's decision time, so
+    /// every page load gives its assets at least nine tenths of `grace` to follow it (and an
+    /// active user's pin never expires under an open page). Cost: one HMAC per such page.
     pub fn refresh_due(&self, pin: &Pin, now: u64) -> bool {
-        self.settings.max_age.is_some()
-            || now.saturating_sub(pin.issued) >= self.settings.lifetime.as_secs() / 2
+        self.settings.max_age.is_some() || Self::age(pin, now) >= self.refresh_after()
+    }
+
+    /// The pin age (seconds) from which a page re-issues a confirmed pin (without `max_age`).
+    pub fn refresh_after(&self) -> u64 {
+        (self.settings.grace.as_secs() / 10).min(self.settings.lifetime.as_secs() / 2)
     }
 }
 
@@ -171,19 +219,6 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Every value of cookie `name` in the request's `Cookie` headers, in order, without allocating.
-fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"'))
-        })
 }
 
 fn random_secret() -> [u8; 32] {
@@ -313,11 +348,16 @@ mod tests {
         time("set_cookie (sign)", &mut || {
             sink += p.set_cookie("gray", "gray-2026.11.2", 1_000).len();
         });
+        // The hostile case of issue 13: one Cookie header holding 2,000 well-shaped forged pins.
+        let forged = forged_cookie(2_000);
+        time("read, 2,000 forged pins in one Cookie", &mut || {
+            sink += matches!(p.read(&forged, 1_010), Read::Rejected(_)) as usize;
+        });
         assert!(sink > 0);
     }
 
     #[test]
-    fn refresh_slides_with_max_age_else_at_half_life() {
+    fn refresh_slides_with_max_age_else_at_a_tenth_of_the_grace() {
         let pin = |issued| Pin {
             pool: "base".into(),
             build: "b".into(),
@@ -325,8 +365,56 @@ mod tests {
         };
         assert!(pinner(Some(60)).refresh_due(&pin(1_000), 1_000));
         let session = pinner(None);
-        let half = session.settings.lifetime.as_secs() / 2;
-        assert!(!session.refresh_due(&pin(1_000), 1_000 + half - 1));
-        assert!(session.refresh_due(&pin(1_000), 1_000 + half));
+        assert_eq!(session.refresh_after(), 30, "grace 5m");
+        assert!(!session.refresh_due(&pin(1_000), 1_029));
+        assert!(session.refresh_due(&pin(1_000), 1_030));
+        let short_life = Pinner::new(PinSettings {
+            lifetime: Duration::from_secs(40),
+            ..PinSettings::default()
+        });
+        assert_eq!(short_life.refresh_after(), 20, "half a short lifetime");
+    }
+
+    /// A pin for each of `n` forged values (well shaped, wrong signature).
+    fn forged_cookie(n: usize) -> HeaderMap {
+        let sig = "A".repeat(43);
+        let mut v = String::new();
+        for i in 0..n {
+            v.push_str(&format!("graysplit=v1.gray.g-{i}.1700000000.{sig}; "));
+        }
+        with_cookie(v.trim_end_matches("; "))
+    }
+
+    #[test]
+    fn at_most_a_few_values_are_verified_and_a_good_pin_behind_them_is_not_read() {
+        let p = pinner(None);
+        assert_eq!(
+            p.read(&forged_cookie(2_000), 1_700_000_000),
+            Read::Rejected(Reject::Forged)
+        );
+        // A good pin after MAX_VERIFIED forged ones is never reached: the cost is bounded, and a
+        // browser never sends that many values of one cookie.
+        let good = p.set_cookie("base", "b", 1_700_000_000);
+        let good = good.split(';').next().unwrap();
+        let mut h = forged_cookie(MAX_VERIFIED);
+        h.append(http::header::COOKIE, HeaderValue::from_str(good).unwrap());
+        assert_eq!(p.read(&h, 1_700_000_000), Read::Rejected(Reject::Forged));
+        let mut h = forged_cookie(MAX_VERIFIED - 1);
+        h.append(http::header::COOKIE, HeaderValue::from_str(good).unwrap());
+        assert!(matches!(p.read(&h, 1_700_000_000), Read::Valid(_)));
+        // Malformed values cost no HMAC and do not use up the verifications ...
+        let mut v = "graysplit=junk; ".repeat(MAX_CANDIDATES - 1);
+        v.push_str(good);
+        assert!(matches!(
+            p.read(&with_cookie(&v), 1_700_000_000),
+            Read::Valid(_)
+        ));
+        // ... but only MAX_CANDIDATES values are looked at.
+        let mut v = "graysplit=junk; ".repeat(MAX_CANDIDATES);
+        v.push_str(good);
+        assert_eq!(
+            p.read(&with_cookie(&v), 1_700_000_000),
+            Read::Rejected(Reject::Malformed)
+        );
     }
 }

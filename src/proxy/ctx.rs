@@ -50,6 +50,23 @@ pub struct RequestCtx {
     pub request_id: Option<String>,
     /// Counts this request on the server of the current attempt until the request ends.
     pub in_flight: Option<InFlight>,
+    /// A sticky asset waiting for its pinned build (pinning.rs): until when, and its retries.
+    pub wait: Option<PinWait>,
+    /// A visitor id drawn for this client: the response sets its cookie (gray/visitor.rs).
+    pub visitor: Option<String>,
+    /// The path is a hashed immutable file (`[cache] immutable`): its caching is left alone.
+    pub immutable: bool,
+}
+
+/// A sticky asset's wait for a momentarily unusable pinned build.
+#[derive(Debug, Clone, Copy)]
+pub struct PinWait {
+    /// The request gives up waiting (and takes another build) at this instant.
+    pub until: Instant,
+    /// A server of the build that this request already tried may be tried again from then on.
+    pub retry_at: Instant,
+    /// Attempts made on the build while waiting.
+    pub attempts: u32,
 }
 
 impl Default for RequestCtx {
@@ -73,6 +90,9 @@ impl Default for RequestCtx {
             pin_event: None,
             request_id: None,
             in_flight: None,
+            wait: None,
+            visitor: None,
+            immutable: false,
         }
     }
 }

@@ -14,12 +14,16 @@
 //!                        retry_on_status retries GET/HEAD (passive.rs)
 //! error_while_proxy      passive failure (once per attempt) + retry of GET/HEAD on another server
 //!                        while nothing reached the client (passive.rs, nginx's proxy_next_upstream)
-//! upstream_request_filter Host / X-Real-IP / X-Forwarded-For as the seed's nginx did; request id
-//! response_filter        pin cookie when issued, changed or refreshed; debug headers; request id
+//! upstream_request_filter Host / X-Real-IP / X-Forwarded-For as the seed's nginx did; request
+//!                        id; validators made to speak for the chosen server's build (caching.rs)
+//! response_filter        pin and visitor cookies; Cache-Control private / Vary for answers
+//!                        decided per client, build-tagged ETag (caching.rs); debug headers;
+//!                        request id
 //! fail_to_proxy          short plain 502/504 page with Retry-After, never a hang
 //! logging                access line, metrics by pool and build, passive success bookkeeping
 //! ```
 
+mod caching;
 pub mod ctx;
 pub mod forwarded;
 mod passive;
@@ -60,6 +64,8 @@ pub struct ProxySettings {
     pub debug_headers: bool,
     pub metrics: Arc<Metrics>,
     pub pin: Arc<Pinner>,
+    /// `[cache]`: what caches may keep of answers decided per client, build-tagged validators.
+    pub cache: Arc<crate::http_cache::CachePolicy>,
     /// Set on SIGQUIT/SIGTERM: answers carry `Connection: close` (crate::lifecycle).
     pub draining: crate::lifecycle::Draining,
     /// Request ids (`server.request_id_header`); `None`: off.
@@ -136,7 +142,7 @@ impl ProxyHttp for GraySplit {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.request_id = self.request_id(session.req_header(), ctx.peer_ip);
-        let pinned = self.read_pin(session, ctx);
+        let pin_use = self.read_pin(session, ctx);
         let req = session.req_header();
         let peer = ctx
             .peer_ip
@@ -149,9 +155,10 @@ impl ProxyHttp for GraySplit {
                 &req.headers,
                 req.uri.query(),
                 !ctx.page,
-                pinned.as_ref(),
+                pin_use.follow(),
             )
             .await;
+        let decision = self.with_pin_scope(&pin_use, decision);
         let (decided, mut pool) = self.pool_of(&decision.target);
         if let Some(route) = self.gray.route(req.uri.path()) {
             pool = self.pools.get(route).cloned().unwrap_or(pool);
@@ -160,6 +167,8 @@ impl ProxyHttp for GraySplit {
         ctx.pool = Some(pool);
         ctx.reason = decision.reason;
         ctx.sticky = decision.reason == "sticky";
+        ctx.visitor = decision.visitor;
+        ctx.immutable = self.settings.cache.immutable(req.uri.path());
         ctx.decided = Some(decided);
         ctx.client = Some(client);
         Ok(false)
@@ -176,6 +185,8 @@ impl ProxyHttp for GraySplit {
             self.pick_for_miss(ctx).ok_or_else(|| {
                 Error::explain(ErrorType::HTTPStatus(404), "asset missing in every build")
             })?
+        } else if let Some(pick) = self.pick_sticky(ctx, &pool).await {
+            pick
         } else {
             let build = self.wanted_build(ctx);
             select::pick(
@@ -215,8 +226,9 @@ impl ProxyHttp for GraySplit {
     ) -> Box<Error> {
         // Refused, unreachable or timed out (ConnectTimedout comes here too).
         self.count_failure(ctx, FailKind::Connect, e.etype().as_str());
-        // Nothing reached the upstream, so retrying is safe for every method.
-        if self.may_retry(ctx) {
+        // Nothing reached the upstream, so retrying is safe for every method. A sticky asset may
+        // also retry to wait for its pinned build (pinning.rs).
+        if self.may_retry(ctx) || self.may_wait_retry(ctx) {
             self.count_retry(ctx, FailKind::Connect);
             e.set_retry(true);
         }
@@ -262,7 +274,7 @@ impl ProxyHttp for GraySplit {
             header_sent: session.response_written().is_some(),
             decided: e.retry(),
             status_error,
-            may_retry: self.may_retry(ctx),
+            may_retry: self.may_retry(ctx) || self.may_wait_retry(ctx),
         };
         let verdict = passive::after_error(&facts);
         if verdict.count {
@@ -327,7 +339,7 @@ impl ProxyHttp for GraySplit {
         if let (Some(ids), Some(id)) = (&self.settings.request_ids, &ctx.request_id) {
             req.insert_header(ids.header().clone(), id.as_str())?;
         }
-        Ok(())
+        self.translate_validators(session, req, ctx)
     }
 
     async fn response_filter(
@@ -341,9 +353,7 @@ impl ProxyHttp for GraySplit {
         if self.settings.draining.is_set() || session.is_process_shutting_down() {
             session.set_keepalive(None);
         }
-        if let Some(cookie) = self.pin_cookie(ctx, resp.status.as_u16()) {
-            resp.append_header(http::header::SET_COOKIE, cookie)?;
-        }
+        self.shape_response(ctx, resp)?;
         if self.settings.debug_headers {
             if let Some(pool) = &ctx.pool {
                 resp.insert_header("x-graysplit-pool", pool.name.as_str())?;

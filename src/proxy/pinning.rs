@@ -2,9 +2,18 @@
 //! another build's `index.html`.
 //!
 //! - `request_filter`: [`GraySplit::read_pin`] classifies the request and verifies its pin cookie
-//!   (an HMAC only when the cookie is present); rejected cookies are counted and ignored.
-//! - `upstream_peer`: a sticky asset asks [`select::pick`] for its pin's build; none usable →
-//!   any server of the pool (`build_gone`), and the response re-pins.
+//!   (an HMAC only when the cookie is present); rejected cookies are counted and ignored. The
+//!   pin's scope ([`crate::pin::scope`]) says how it takes part in the decision: an asset within
+//!   the grace follows it with no lookup; an asset path past the grace keeps the pin's build only
+//!   if the fresh decision names the pin's pool ([`GraySplit::with_pin_scope`]); anything else is
+//!   decided as if there were no pin.
+//! - `upstream_peer`: a sticky asset asks for a server of its pin's build
+//!   ([`GraySplit::pick_sticky`]). When the build is configured but has no usable server this
+//!   moment (failing checks, `rise` after a restart, refusing connections), the request waits
+//!   for one — polling, never blocking a thread — for at most `pin.build_wait`, and tries a
+//!   server that refused it again after a short backoff. Only a build that is not configured, or
+//!   has been unusable for longer than `build_wait`, sends the asset to any server of the pool
+//!   (`build_gone`), and the response re-pins.
 //! - `upstream_response_filter`: [`GraySplit::check_asset_miss`]. A pinned asset answered 404 may
 //!   belong to another build (a tab loaded before the pin moved, a rolling deploy): it is retried
 //!   once on a server of another build — before anything reached the client, so the retry is
@@ -15,35 +24,72 @@
 //!   `Set-Cookie`: a page whose served pool/build differs from its pin (or that had none), a
 //!   page whose pin is due for a refresh, an asset whose pinned build was gone.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
-use super::ctx::RequestCtx;
-use super::select::{self, Pick};
+use super::ctx::{PinWait, RequestCtx};
+use super::select::{self, Pick, MAX_WAIT_ATTEMPTS};
 use super::GraySplit;
 use crate::config::BASE_POOL;
-use crate::gray::decision::Target;
+use crate::gray::decision::{Decision, Target};
 use crate::pin::classify::{self, Kind};
-use crate::pin::{unix_now, Read};
+use crate::pin::scope::{self, Scope};
+use crate::pin::{unix_now, Pinner, Read};
+use crate::upstream::pool::Pool;
+
+/// How often a waiting sticky asset looks at its build again.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// Backoff before a waiting asset tries a server again that refused it: 100 ms, doubling, at
+/// most 1 s.
+fn retry_backoff(attempts: u32) -> Duration {
+    Duration::from_millis(100u64 << attempts.min(4)).min(Duration::from_secs(1))
+}
+
+/// How the request's valid pin takes part in its decision (see [`crate::pin::scope`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PinUse {
+    /// No pin, or one that does not take part (a page; a non-asset path past the grace).
+    None,
+    /// An asset within the grace: the pinned pool, without any lookup.
+    Follow(Target),
+    /// An asset path past the grace: the pin's build if the fresh decision names this pool.
+    IfStillDecided(Target),
+}
+
+impl PinUse {
+    /// The pool to follow without a lookup, if any.
+    pub(super) fn follow(&self) -> Option<&Target> {
+        match self {
+            PinUse::Follow(t) => Some(t),
+            _ => None,
+        }
+    }
+}
 
 impl GraySplit {
-    /// Classifies the request and reads its pin into `ctx`. Returns the pinned pool as a
-    /// decision target (only for a pin whose pool is still configured).
-    pub(super) fn read_pin(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Target> {
+    /// Classifies the request and reads its pin into `ctx`; returns how the pin takes part in
+    /// the decision (only a pin whose pool is still configured takes part at all).
+    pub(super) fn read_pin(&self, session: &Session, ctx: &mut RequestCtx) -> PinUse {
         let pinner = &self.settings.pin;
         let req = session.req_header();
-        ctx.page = classify::classify(
+        let kind = classify::classify(
             &req.method,
             &req.headers,
             req.uri.path(),
             &pinner.settings.assets,
-        ) == Kind::Page;
-        let pin = match pinner.read(&req.headers, unix_now()) {
-            Read::Absent => return None,
+        );
+        ctx.page = kind == Kind::Page;
+        let now = unix_now();
+        let pin = match pinner.read(&req.headers, now) {
+            Read::Absent => return PinUse::None,
             Read::Rejected(why) => {
                 self.settings.metrics.pin_rejected(why.label());
-                return None;
+                return PinUse::None;
             }
             Read::Valid(pin) => pin,
         };
@@ -55,12 +101,113 @@ impl GraySplit {
                 None => {
                     // Signed by us, but for a pool this config no longer has.
                     self.settings.metrics.pin_rejected("stale");
-                    return None;
+                    return PinUse::None;
                 }
             },
         };
+        let age = Pinner::age(&pin, now);
+        let grace = pinner.settings.grace;
+        // The path test only matters past the grace: skip it on the common path.
+        let asset_path = kind == Kind::Asset
+            && age > grace.as_secs()
+            && pinner.settings.assets.matches(req.uri.path());
         ctx.pin = Some(pin);
-        Some(target)
+        match scope::scope(kind, asset_path, age, grace) {
+            Scope::Follow => PinUse::Follow(target),
+            Scope::IfStillDecided => PinUse::IfStillDecided(target),
+            Scope::Ignore => PinUse::None,
+        }
+    }
+
+    /// The decision with the pin's scope applied: an asset path past the grace keeps its pin's
+    /// build (reason `sticky`) when the fresh decision still names the pin's pool; otherwise the
+    /// fresh decision stands and the pin is not followed.
+    pub(super) fn with_pin_scope(&self, pin_use: &PinUse, decision: Decision) -> Decision {
+        match pin_use {
+            PinUse::IfStillDecided(pinned) if *pinned == decision.target => Decision {
+                reason: "sticky",
+                ..decision
+            },
+            _ => decision,
+        }
+    }
+
+    /// A server of a sticky asset's pinned build (`None` at once for other requests). While
+    /// the build is configured but has no usable server, waits for one — polling, async — until
+    /// the request's or the build's `build_wait` is over, and tries a server that refused it
+    /// again after a backoff. `None`: the build is gone; the caller takes any server.
+    pub(super) async fn pick_sticky(&self, ctx: &mut RequestCtx, pool: &Arc<Pool>) -> Option<Pick> {
+        if ctx.miss_retry || !Arc::ptr_eq(pool, self.pools.get(&ctx.pin.as_ref()?.pool)?) {
+            return None;
+        }
+        let build = self.wanted_build(ctx)?.to_string();
+        let outages = &self.settings.pin.outages;
+        if let Some(w) = &mut ctx.wait {
+            // Back here after a failed attempt on the build: back off before the same server.
+            w.retry_at = Instant::now() + retry_backoff(w.attempts);
+        }
+        loop {
+            let now = Instant::now();
+            let retry_tried = ctx.wait.is_some_and(|w| now >= w.retry_at);
+            if let Some(server) = select::pick_build(pool, &build, &ctx.tried, retry_tried) {
+                if let Some(w) = &mut ctx.wait {
+                    w.attempts += 1;
+                }
+                return Some(Pick {
+                    server,
+                    pool: pool.clone(),
+                    fell_back: false,
+                    build_gone: false,
+                });
+            }
+            if !select::build_configured(pool, &build) {
+                return None;
+            }
+            let wait = match ctx.wait {
+                Some(w) => w,
+                None => {
+                    let until = outages.unusable(&pool.name, &build, now)?;
+                    let w = PinWait {
+                        until,
+                        retry_at: now + retry_backoff(0),
+                        attempts: 0,
+                    };
+                    ctx.wait = Some(w);
+                    w
+                }
+            };
+            if now >= wait.until || wait.attempts >= MAX_WAIT_ATTEMPTS {
+                // Counted once per request: the build stays out for the ones that follow.
+                outages.unusable(&pool.name, &build, now);
+                return None;
+            }
+            tokio::time::sleep(WAIT_POLL.min(wait.until - now)).await;
+        }
+    }
+
+    /// May a failed attempt of a sticky asset be retried so that it can wait for its build?
+    /// (Beyond `tries`: the wait is bounded by `build_wait` and [`MAX_WAIT_ATTEMPTS`].)
+    pub(super) fn may_wait_retry(&self, ctx: &RequestCtx) -> bool {
+        if self.wanted_build(ctx).is_none()
+            || ctx.miss_retry
+            || ctx.reason != "sticky"
+            || self.settings.pin.settings.build_wait.is_zero()
+        {
+            return false;
+        }
+        ctx.wait
+            .is_none_or(|w| Instant::now() < w.until && w.attempts < MAX_WAIT_ATTEMPTS)
+    }
+
+    /// A sticky asset got an answer from its build: any outage of that build is over.
+    fn build_answered(&self, ctx: &RequestCtx) {
+        if let (Some(pin), Some(pool), Some(server), true) =
+            (&ctx.pin, &ctx.pool, &ctx.server, ctx.sticky)
+        {
+            if select::build_of(server, pool) == pin.build {
+                self.settings.pin.outages.recovered(&pool.name, &pin.build);
+            }
+        }
     }
 
     /// The pinned build a selection should want: a sticky asset on its pinned pool.
@@ -111,6 +258,7 @@ impl GraySplit {
         ctx: &mut RequestCtx,
         resp: &ResponseHeader,
     ) -> pingora::Result<()> {
+        self.build_answered(ctx);
         if ctx.page {
             return Ok(());
         }

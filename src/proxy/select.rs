@@ -25,6 +25,10 @@ pub const GRAY_UNAVAILABLE: &str = "gray_unavailable";
 /// Reason recorded when a pinned asset's build has no usable server left in its pool.
 pub const BUILD_GONE: &str = "build_gone";
 
+/// Attempts a sticky asset may make on its build while waiting for it (pinning.rs), on top of
+/// `upstream.tries`; Pingora's retry cap leaves room for them (app.rs).
+pub const MAX_WAIT_ATTEMPTS: u32 = 8;
+
 /// The build a server runs: its own `build`, else the pool's default build (the pool's name).
 pub fn build_of<'a>(server: &'a Server, pool: &'a Pool) -> &'a str {
     server.spec.build.as_deref().unwrap_or(pool.name.as_str())
@@ -41,6 +45,30 @@ pub struct Pick {
     pub build_gone: bool,
 }
 
+/// A server of `build` in `pool`: usable ones by smooth WRR, else a drained one (the page that
+/// pinned it is still open). Servers in `tried` are skipped unless `retry_tried` (a sticky asset
+/// that waited for its build may try the same server again).
+pub fn pick_build(
+    pool: &Arc<Pool>,
+    build: &str,
+    tried: &[SocketAddr],
+    retry_tried: bool,
+) -> Option<Arc<Server>> {
+    let same_build =
+        |s: &Server| (retry_tried || !tried.contains(&s.spec.addr)) && build_of(s, pool) == build;
+    pool.select(same_build)
+        .or_else(|| pool.select_draining(same_build))
+}
+
+/// Is `build` still configured in `pool`: a server of it listed and not `down` (drained or
+/// failing checks, it still counts)? A build that is not is really gone: no wait for it.
+pub fn build_configured(pool: &Pool, build: &str) -> bool {
+    pool.snapshot()
+        .servers
+        .iter()
+        .any(|s| !s.spec.down && build_of(s, pool) == build)
+}
+
 /// Picks the next server: from `wanted` (of `build` first, when given), else (if `may_fall_back`
 /// and `wanted` is not base) from `base`; never one in `tried`. `None`: nothing usable anywhere.
 pub fn pick(
@@ -52,12 +80,7 @@ pub fn pick(
 ) -> Option<Pick> {
     let untried = |s: &Server| !tried.contains(&s.spec.addr);
     if let Some(build) = build {
-        let same_build = |s: &Server| untried(s) && build_of(s, wanted) == build;
-        // A drained server of the build still serves it: the page that pinned it is open.
-        let server = wanted
-            .select(same_build)
-            .or_else(|| wanted.select_draining(same_build));
-        if let Some(server) = server {
+        if let Some(server) = pick_build(wanted, build, tried, false) {
             return Some(Pick {
                 server,
                 pool: wanted.clone(),
@@ -275,6 +298,34 @@ mod tests {
             p.fell_back && p.build_gone,
             "gray gone entirely: base, re-pinned"
         );
+    }
+
+    #[test]
+    fn a_build_is_configured_while_a_server_of_it_is_listed_and_not_down() {
+        let base = builds(&[1, 2], &[Some("old"), Some("new")]);
+        base.snapshot().servers[0].health.set_up(false);
+        assert!(
+            build_configured(&base, "old"),
+            "failing checks: still configured"
+        );
+        assert!(pick_build(&base, "old", &[], false).is_none());
+        let mut specs = base.snapshot().specs();
+        specs[0].weight = 0;
+        base.replace(specs);
+        assert!(build_configured(&base, "old"), "drained: still configured");
+        let mut specs = base.snapshot().specs();
+        specs[0].down = true;
+        base.replace(specs);
+        assert!(!build_configured(&base, "old"), "down: gone");
+        assert!(!build_configured(&base, "vanished"));
+    }
+
+    #[test]
+    fn a_tried_server_of_the_build_is_picked_again_only_when_asked() {
+        let base = builds(&[1, 2], &[Some("old"), Some("new")]);
+        assert!(pick_build(&base, "old", &[addr(1)], false).is_none());
+        let again = pick_build(&base, "old", &[addr(1)], true).unwrap();
+        assert_eq!(again.spec.addr, addr(1));
     }
 
     #[test]

@@ -3,11 +3,13 @@
 #![allow(dead_code)]
 
 pub mod chrome;
+pub mod builds;
 pub mod consul;
 pub mod faulty;
 pub mod load;
 pub mod nginx;
 pub mod proc;
+pub mod pyserver;
 pub mod redis;
 pub mod server_thread;
 pub mod upstream;
