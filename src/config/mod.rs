@@ -112,7 +112,7 @@ pub struct UpstreamConfig {
     pub keepalive_pool_size: usize,
     pub tries: usize,
     pub host_header: HostHeader,
-    /// Upstream statuses counted as passive failures (default 502, 503, 504).
+    /// Upstream statuses counted as passive failures (default none: only errors and timeouts).
     pub fail_on_status: Vec<u16>,
     /// Upstream statuses on which a GET or HEAD is retried on another server (default none).
     pub retry_on_status: Vec<u16>,

@@ -9,6 +9,7 @@ pub mod kv_value;
 pub mod pool;
 pub mod probe;
 pub mod server;
+pub mod spec;
 pub mod upsync_format;
 
 use std::collections::BTreeMap;
