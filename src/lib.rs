@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod pin;
 pub mod proxy;
+pub mod routes;
 pub mod static_site;
 pub mod status_page;
 pub mod upstream;

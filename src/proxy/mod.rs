@@ -36,11 +36,12 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::config::{HostHeader, UpstreamConfig, BASE_POOL};
+use crate::config::{UpstreamConfig, BASE_POOL};
 use crate::gray::decision::Target;
 use crate::gray::GrayEngine;
 use crate::metrics::{FailKind, Metrics};
 use crate::pin::Pinner;
+use crate::routes::RouteTimeouts;
 use crate::upstream::pool::Pool;
 use crate::upstream::Pools;
 use ctx::RequestCtx;
@@ -99,12 +100,13 @@ impl GraySplit {
         (name, pool)
     }
 
-    fn peer_for(&self, server: &crate::upstream::server::Server) -> HttpPeer {
+    /// The peer for one attempt: `[upstream]`'s timeouts, or the matching route's.
+    fn peer_for(&self, server: &crate::upstream::server::Server, route: RouteTimeouts) -> HttpPeer {
         let u = &self.settings.upstream;
         let mut peer = HttpPeer::new(server.spec.addr, false, String::new());
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.write_timeout = Some(u.write_timeout);
+        peer.options.connection_timeout = Some(route.connect.unwrap_or(u.connect_timeout));
+        peer.options.read_timeout = Some(route.read.unwrap_or(u.read_timeout));
+        peer.options.write_timeout = Some(route.write.unwrap_or(u.write_timeout));
         // Upstream keep-alive: idle pooled connections live this long (None = until closed).
         peer.options.idle_timeout = (!u.idle_timeout.is_zero()).then_some(u.idle_timeout);
         peer
@@ -147,15 +149,23 @@ impl ProxyHttp for GraySplit {
             )
             .await;
         let (decided, mut pool) = self.pool_of(&decision.target);
-        if let Some(route) = self.gray.route(req.uri.path()) {
-            pool = self.pools.get(route).cloned().unwrap_or(pool);
-            ctx.routed = true;
+        if let Some(route) = self.gray.route_for(req.uri.path()) {
+            if let Some(name) = &route.pool {
+                pool = self.pools.get(name).cloned().unwrap_or(pool);
+                ctx.routed = true;
+            }
+            ctx.timeouts = route.timeouts;
         }
         ctx.pool = Some(pool);
         ctx.reason = decision.reason;
         ctx.sticky = decision.reason == "sticky";
         ctx.decided = Some(decided);
         ctx.client = Some(client);
+        if let Some(read) = ctx.timeouts.read {
+            // The client side of an upgraded (WebSocket) or long-lived request idles as long as
+            // the upstream side may (Pingora's default is 60 s per read).
+            session.set_read_timeout(Some(read));
+        }
         Ok(false)
     }
 
@@ -193,7 +203,7 @@ impl ProxyHttp for GraySplit {
         ctx.upstream_started
             .get_or_insert_with(std::time::Instant::now);
         ctx.attempt_failed = false;
-        let peer = self.peer_for(&pick.server);
+        let peer = self.peer_for(&pick.server, ctx.timeouts);
         ctx.server = Some(pick.server);
         Ok(Box::new(peer))
     }
@@ -273,25 +283,21 @@ impl ProxyHttp for GraySplit {
         req: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        match self.settings.upstream.host_header {
-            HostHeader::Host => {
-                let host = session
-                    .req_header()
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .or_else(|| session.req_header().uri.host())
-                    .and_then(forwarded::host_without_port);
-                if let Some(host) = host {
-                    req.insert_header(http::header::HOST, host)?;
-                }
-            }
-            HostHeader::HttpHost => {}
-            HostHeader::Upstream => {
-                if let Some(server) = &ctx.server {
-                    req.insert_header(http::header::HOST, server.spec.name.as_str())?;
-                }
-            }
+        let u = &self.settings.upstream;
+        let client_host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let server = ctx.server.as_ref().map_or("", |s| s.spec.name.as_str());
+        if let Some(host) = forwarded::upstream_host(
+            u.host_header,
+            client_host,
+            session.req_header().uri.host(),
+            u.default_host.as_deref(),
+            server,
+        ) {
+            req.insert_header(http::header::HOST, host)?;
         }
         // The decision travels with the request (e.g. gray → `a: 1`) so the backend gateway routes
         // the whole chain; a client-sent copy must never choose for itself.

@@ -16,7 +16,12 @@
 //!   jitter), so a healthy long-poll is never cut short; `interval` is the minimum gap between
 //!   two polls of a pool.
 //! - On errors: the next address (round robin), and after a whole round of failed addresses an
-//!   exponential backoff with full jitter (1 s doubling, capped at 30 s, reset on success).
+//!   exponential backoff with full jitter (250 ms doubling, capped at `consul.max_backoff`,
+//!   default 2 s, reset on success): once Consul answers again, the next change applies within
+//!   about `max_backoff`. A longer cap spares a struggling Consul little (a failed poll costs it
+//!   next to nothing) and costs every operator's next change its length.
+//! - TCP keep-alive on the connections, so a poll parked on a connection whose peer vanished
+//!   (a partition, a host gone) fails within about 25 s instead of waiting out `timeout`.
 //! - Never lose a pool: a 500, a garbage body, a hang, a dropped connection or a rewound index
 //!   leaves the pool as it is; an empty folder (404) only empties a pool with `allow_empty`.
 //! - After every change the pool is written to its dump file; at start the dump is loaded first.
@@ -43,9 +48,10 @@ use super::pool::{Pool, Update};
 use super::upsync_format;
 use crate::config::{duration, ConsulConfig, PoolConfig};
 
-/// First backoff step after a full round of failed addresses; doubles up to [`BACKOFF_MAX`].
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// First backoff step after a full round of failed addresses; doubles up to `max_backoff`.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// Keep-alive probes on Consul connections: idle time, interval, count (see module docs).
+const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(10), Duration::from_secs(5), 3);
 /// Consul agents are near; a longer connect wait only delays moving to the next address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Total time `strong_dependency` gives Consul at startup (upsync: 3 tries of 1 s).
@@ -75,6 +81,9 @@ impl ConsulClient {
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(CONNECT_TIMEOUT.min(cfg.timeout))
+            .tcp_keepalive(KEEPALIVE.0)
+            .tcp_keepalive_interval(KEEPALIVE.1)
+            .tcp_keepalive_retries(KEEPALIVE.2)
             // Consul is reached directly, as upsync does; an HTTP(S)_PROXY set for other tools
             // must not silently sit between us and our service discovery.
             .no_proxy()
@@ -89,6 +98,11 @@ impl ConsulClient {
 
     pub fn addresses(&self) -> &[String] {
         &self.cfg.addresses
+    }
+
+    /// The cap of the backoff while Consul fails (`consul.max_backoff`).
+    pub fn max_backoff(&self) -> Duration {
+        self.cfg.max_backoff
     }
 
     /// One query. `index = 0` answers at once; otherwise Consul holds it up to `wait`.
@@ -179,17 +193,26 @@ pub fn next_index(previous: u64, returned: i64) -> u64 {
 }
 
 /// Exponential backoff with full jitter (AWS architecture blog's "Full Jitter").
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Backoff {
     failures: u32,
+    max: Duration,
 }
 
 impl Backoff {
-    /// The cap of the next delay: 1 s, 2 s, 4 s, ... 30 s.
+    /// Delays capped at `max` (at least the first step).
+    pub fn new(max: Duration) -> Self {
+        Self {
+            failures: 0,
+            max: max.max(BACKOFF_BASE),
+        }
+    }
+
+    /// The cap of the next delay: 250 ms, 500 ms, 1 s, ... `max`.
     pub fn ceiling(&self) -> Duration {
         BACKOFF_BASE
             .saturating_mul(1u32 << self.failures.min(16))
-            .min(BACKOFF_MAX)
+            .min(self.max)
     }
 
     /// A random delay in `0..=ceiling`, and one step further.
@@ -507,7 +530,7 @@ impl PoolWatcher {
         }
         let mut at = 0usize;
         let mut index = 0u64;
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(client.cfg.max_backoff);
         let mut failures_in_row = 0usize;
         let mut next_poll = tokio::time::Instant::now();
         loop {
@@ -738,25 +761,32 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_a_cap_with_full_jitter_and_resets() {
-        let mut b = Backoff::default();
-        let caps: Vec<u64> = (0..8)
+        let max = Duration::from_secs(2);
+        let mut b = Backoff::new(max);
+        let caps: Vec<u128> = (0..7)
             .map(|_| {
                 let cap = b.ceiling();
                 let d = b.next_delay();
                 assert!(d <= cap, "{d:?} above {cap:?}");
-                cap.as_secs()
+                cap.as_millis()
             })
             .collect();
-        assert_eq!(caps, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(caps, vec![250, 500, 1000, 2000, 2000, 2000, 2000]);
         for _ in 0..100 {
             b.next_delay();
         }
-        assert_eq!(b.ceiling(), BACKOFF_MAX, "no overflow after many failures");
+        assert_eq!(b.ceiling(), max, "no overflow after many failures");
         b.reset();
         assert_eq!(b.ceiling(), BACKOFF_BASE);
+        assert_eq!(Backoff::new(Duration::ZERO).ceiling(), BACKOFF_BASE);
         // Full jitter: the delays spread over the whole range, not around the cap.
+        let long = Duration::from_secs(30);
         let small = (0..200)
-            .filter(|_| Backoff { failures: 5 }.next_delay() < Duration::from_secs(15))
+            .filter(|_| {
+                let mut b = Backoff::new(long);
+                b.failures = 10;
+                b.next_delay() < long / 2
+            })
             .count();
         assert!(small > 40, "{small} of 200 delays below half the cap");
     }
@@ -874,13 +904,15 @@ mod fuzz_tests {
             }
         }
 
-        /// However many failures in a row, a delay stays within its cap and the cap within 30 s.
+        /// However many failures in a row, a delay stays within its cap and the cap within
+        /// `max_backoff`.
         #[test]
-        fn fuzz_backoff_stays_within_its_cap(failures in 0usize..200) {
-            let mut b = Backoff::default();
+        fn fuzz_backoff_stays_within_its_cap(failures in 0usize..200, max_ms in 0u64..400_000) {
+            let max = Duration::from_millis(max_ms);
+            let mut b = Backoff::new(max);
             for _ in 0..failures {
                 let cap = b.ceiling();
-                prop_assert!(cap <= BACKOFF_MAX && cap >= BACKOFF_BASE);
+                prop_assert!(cap <= max.max(BACKOFF_BASE) && cap >= BACKOFF_BASE);
                 prop_assert!(b.next_delay() <= cap);
             }
         }
