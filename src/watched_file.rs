@@ -3,6 +3,10 @@
 //! Content is compared, not mtimes, so editors that replace the file, tools that rewrite it in
 //! place and same-second edits are all seen. A file that cannot be read is reported once, and
 //! again once when it is readable; its last content stays in force meanwhile.
+//!
+//! A [`WatchedFile::settled`] file (the pools files) reports a change only once two reads one
+//! poll apart agree: a tool that rewrites a file in place (truncate, then write) is never caught
+//! with half of it.
 
 use std::path::{Path, PathBuf};
 
@@ -14,53 +18,113 @@ pub struct WatchedFile {
     path: PathBuf,
     /// What the file is, for log lines (`pool base`, `whitelist`).
     what: String,
-    /// Last content seen and whether the last read failed.
-    state: Mutex<(Option<Vec<u8>>, bool)>,
+    /// Report a change only once two reads agree.
+    settle: bool,
+    state: Mutex<State>,
 }
+
+#[derive(Debug, Default)]
+struct State {
+    /// Last content reported.
+    last: Option<Vec<u8>>,
+    /// A new content read once, waiting for a second read to agree (settled files only).
+    pending: Option<Vec<u8>>,
+    /// The last read failed (reported once).
+    unreadable: bool,
+}
+
+/// Startup reads of a settled file: this many tries, this far apart, for two reads to agree.
+const STARTUP_READS: usize = 50;
+const STARTUP_READ_GAP: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl WatchedFile {
     pub fn new(path: PathBuf, what: impl Into<String>) -> Self {
         Self {
             path,
             what: what.into(),
-            state: Mutex::new((None, false)),
+            settle: false,
+            state: Mutex::new(State::default()),
         }
+    }
+
+    /// A file whose changes count only once two reads one poll apart agree.
+    pub fn settled(path: PathBuf, what: impl Into<String>) -> Self {
+        Self {
+            settle: true,
+            ..Self::new(path, what)
+        }
+    }
+
+    /// Startup: the content, once two reads a moment apart agree (a write in progress is waited
+    /// out, about a second at most; then the last read is taken). `None` when unreadable.
+    pub fn read_settled_now(&self) -> Option<String> {
+        let mut previous: Option<Vec<u8>> = None;
+        for _ in 0..STARTUP_READS {
+            let bytes = match std::fs::read(&self.path) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.report_unreadable(&e);
+                    return None;
+                }
+            };
+            if previous.as_ref() == Some(&bytes) {
+                break;
+            }
+            previous = Some(bytes);
+            std::thread::sleep(STARTUP_READ_GAP);
+        }
+        let bytes = previous?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let mut state = self.state.lock();
+        state.last = Some(bytes);
+        state.pending = None;
+        Some(text)
+    }
+
+    fn report_unreadable(&self, e: &std::io::Error) {
+        let mut state = self.state.lock();
+        if !state.unreadable {
+            warn!(
+                "{}: cannot read {}: {e}; keeping what was last read",
+                self.what,
+                self.path.display()
+            );
+            state.unreadable = true;
+        }
+        state.pending = None;
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The new content if the file changed since the last call (or on the first call).
+    /// The new content if the file changed since the last call (or on the first call); for a
+    /// settled file, once two calls in a row read it.
     pub fn changed(&self) -> Option<String> {
-        let read = std::fs::read(&self.path);
-        let mut state = self.state.lock();
-        let (last, unreadable) = &mut *state;
-        match read {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
             Err(e) => {
-                if !*unreadable {
-                    warn!(
-                        "{}: cannot read {}: {e}; keeping what was last read",
-                        self.what,
-                        self.path.display()
-                    );
-                    *unreadable = true;
-                }
-                None
+                self.report_unreadable(&e);
+                return None;
             }
-            Ok(bytes) => {
-                if *unreadable {
-                    info!("{}: {} is readable again", self.what, self.path.display());
-                    *unreadable = false;
-                }
-                if last.as_deref() == Some(bytes.as_slice()) {
-                    return None;
-                }
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                *last = Some(bytes);
-                Some(text)
-            }
+        };
+        let mut state = self.state.lock();
+        if state.unreadable {
+            info!("{}: {} is readable again", self.what, self.path.display());
+            state.unreadable = false;
         }
+        if state.last.as_deref() == Some(bytes.as_slice()) {
+            state.pending = None;
+            return None;
+        }
+        if self.settle && state.pending.as_deref() != Some(bytes.as_slice()) {
+            state.pending = Some(bytes);
+            return None;
+        }
+        state.pending = None;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        state.last = Some(bytes);
+        Some(text)
     }
 }
 
@@ -82,5 +146,27 @@ mod tests {
         assert_eq!(f.changed(), None);
         std::fs::write(f.path(), "b").unwrap();
         assert_eq!(f.changed(), None, "back with the same content: nothing new");
+    }
+
+    #[test]
+    fn a_settled_file_reports_a_change_once_two_reads_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = WatchedFile::settled(dir.path().join("w"), "test");
+        std::fs::write(f.path(), "a").unwrap();
+        assert_eq!(f.read_settled_now().as_deref(), Some("a"));
+        std::fs::write(f.path(), "").unwrap();
+        assert_eq!(f.changed(), None, "truncated, seen once");
+        std::fs::write(f.path(), "a\nb").unwrap();
+        assert_eq!(f.changed(), None, "changed again: still being written");
+        assert_eq!(f.changed().as_deref(), Some("a\nb"), "two reads agree");
+        assert_eq!(f.changed(), None);
+        std::fs::write(f.path(), "c").unwrap();
+        assert_eq!(f.changed(), None);
+        std::fs::write(f.path(), "a\nb").unwrap();
+        assert_eq!(
+            f.changed(),
+            None,
+            "back to what is in force: nothing pending"
+        );
     }
 }

@@ -28,7 +28,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,9 +42,9 @@ use rand::Rng as _;
 use serde_json::json;
 
 use super::dump;
-use super::kv_value::{self, KvEntry, KvServer};
+use super::kv_value::{self, KvEntry};
 use super::pool::{Pool, Update};
-use super::upsync_format;
+use super::resolve;
 use crate::config::{duration, ConsulConfig, PoolConfig};
 
 /// First backoff step after a full round of failed addresses; doubles up to `max_backoff`.
@@ -58,8 +57,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A KV answer larger than this is refused (upsync's buffer is 4 MiB); pools are small.
 const MAX_BODY: usize = 16 << 20;
-/// A hostname key that takes longer than this to resolve is treated as unresolvable this time.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The HTTP side: one client (connection pool) shared by every pool's watcher.
 pub struct ConsulClient {
@@ -362,28 +359,39 @@ impl PoolWatcher {
             );
             return;
         };
-        match dump::load(path) {
-            Ok(None) => info!(
-                "pool {name}: no dump at {} yet; the pool is empty until Consul answers",
-                path.display()
-            ),
-            Err(e) => warn!(
-                "pool {name}: cannot read the dump {}: {e}; the pool is empty until Consul answers",
-                path.display()
-            ),
-            Ok(Some(parsed)) => {
-                for e in &parsed.errors {
-                    warn!("pool {name}: dump {}: {e}; line skipped", path.display());
-                }
-                let n = parsed.servers.len();
-                self.pool.replace(parsed.servers);
-                self.state.lock().servers_from = "dump";
+        let text = match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 info!(
-                    "pool {name}: {n} server(s) from the dump {} until Consul answers",
+                    "pool {name}: no dump at {} yet; the pool is empty until Consul answers",
                     path.display()
                 );
+                return;
             }
+            Err(e) => {
+                warn!(
+                    "pool {name}: cannot read the dump {}: {e}; the pool is empty until Consul \
+                     answers",
+                    path.display()
+                );
+                return;
+            }
+            Ok(text) => text,
+        };
+        // Host names in the dump are looked up within a short startup budget, never blocking
+        // startup (and so an upgrade) on DNS; one that does not answer waits for Consul.
+        let names = resolve::names_and_syntax(&text).names;
+        let resolved = resolve::lookup_for_startup(&names, resolve::STARTUP_BUDGET);
+        let parsed = resolve::parse_resolved(&text, &resolved, &[]).parsed;
+        for e in &parsed.errors {
+            warn!("pool {name}: dump {}: {e}; line skipped", path.display());
         }
+        let n = parsed.servers.len();
+        self.pool.replace(parsed.servers);
+        self.state.lock().servers_from = "dump";
+        info!(
+            "pool {name}: {n} server(s) from the dump {} until Consul answers",
+            path.display()
+        );
     }
 
     /// Applies one answer: skips it when nothing changed, else resolves, replaces the pool,
@@ -397,7 +405,8 @@ impl PoolWatcher {
         }
         let name = &self.pool.name;
         let (servers, skipped) = kv_value::servers(&self.prefix, &entries);
-        let resolved = resolve_all(&servers).await;
+        let names: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
+        let resolved = resolve::lookup(&names, resolve::TIMEOUT).await;
         let previous = self.pool.snapshot().specs();
         let (specs, problems) = kv_value::specs(&servers, &resolved, &previous);
         for p in skipped.iter().chain(&problems) {
@@ -604,33 +613,6 @@ impl PoolWatcher {
     }
 }
 
-/// Resolves every server name: literals at once, hostnames off the async threads.
-async fn resolve_all(servers: &[KvServer]) -> HashMap<String, Result<SocketAddr, String>> {
-    let mut out = HashMap::new();
-    for s in servers {
-        if out.contains_key(&s.name) {
-            continue;
-        }
-        let result = match s.name.parse::<SocketAddr>() {
-            Ok(addr) => Ok(addr),
-            Err(_) => {
-                let name = s.name.clone();
-                let lookup = tokio::task::spawn_blocking(move || upsync_format::resolve(&name));
-                match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!(
-                        "resolving {:?} took longer than {RESOLVE_TIMEOUT:?}",
-                        s.name
-                    )),
-                }
-            }
-        };
-        out.insert(s.name.clone(), result);
-    }
-    out
-}
-
 /// Every Consul pool of a configuration, ready to run: dumps loaded, and (with
 /// `strong_dependency`) a first answer from Consul applied.
 pub struct ConsulSource {
@@ -640,7 +622,7 @@ pub struct ConsulSource {
 }
 
 impl ConsulSource {
-    /// Builds the watchers and loads each pool's dump. `pools` yields (config, pool) for the
+    /// Builds the watchers (nothing read or fetched yet). `pools` yields (config, pool) for the
     /// Consul pools.
     pub fn new<'a>(
         cfg: &ConsulConfig,
@@ -654,7 +636,6 @@ impl ConsulSource {
                 continue;
             };
             let w = Arc::new(PoolWatcher::new(pool, prefix.clone(), p.dump_path.clone()));
-            w.load_dump();
             status.pools.insert(p.name.clone(), w.state.clone());
             watchers.push(w);
         }
@@ -663,6 +644,13 @@ impl ConsulSource {
             watchers,
             status: Arc::new(status),
         })
+    }
+
+    /// Loads every pool's dump (startup, before serving; host names within a short budget).
+    pub fn load_dumps(&self) {
+        for w in &self.watchers {
+            w.load_dump();
+        }
     }
 
     /// `strong_dependency = true`: every pool's first answer, within [`STARTUP_TIMEOUT`] in all,

@@ -1,31 +1,56 @@
 //! The file source: a pool's servers read from a file in upsync's dump format, re-read when the
-//! file changes (polled every 250 ms, so an edit applies well within a second).
+//! file changes (polled every 250 ms, so an edit applies within about half a second).
 //!
-//! A bad line is logged with its number and skipped; the other lines still apply. A file that
-//! vanishes or cannot be read keeps the last servers. Log lines appear once per change, not per
-//! poll.
+//! A file is applied whole or not at all, as nginx applies an `include` on reload:
+//! - **Settled content only.** A change is applied once two reads one poll apart agree, so an
+//!   editor or a tool rewriting the file in place (truncate, then write) is never caught halfway
+//!   ([`WatchedFile::settled`]).
+//! - **No lost lines.** A changed file with a line that does not parse (a cut-off last line, a
+//!   typo) is not applied: every bad line is logged with its number and the pool keeps its
+//!   servers until the file is fixed. `graysplit -t` reports the same lines. At startup there is
+//!   no last list to keep, so the good lines are served (and the bad ones logged).
+//! - **Host names never block and never lose a server.** Names are resolved off the async
+//!   threads with a deadline ([`super::resolve`]). A name that does not resolve keeps its last
+//!   address; a new one is skipped and looked up again every [`RETRY`] until it resolves.
+//! - An empty or unreadable file never empties `base` (`allow_empty = false`).
+//!
+//! Log lines appear once per change, not per poll.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use log::{info, warn};
+use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::pool::{Pool, Update};
-use super::upsync_format::{self, LineError};
+use super::resolve::{self, Resolved};
+use super::upsync_format::LineError;
 use crate::watched_file::WatchedFile;
 
 /// How often files are checked for changes.
 pub const POLL: Duration = Duration::from_millis(250);
+/// How often names that did not resolve are looked up again.
+pub const RETRY: Duration = Duration::from_secs(5);
 
 /// One pool fed from one file.
 #[derive(Debug)]
 pub struct FileSource {
     pool: Arc<Pool>,
     file: WatchedFile,
+    /// The last settled, well-formed content and whether some of its names are still unresolved
+    /// (then it is applied again after [`RETRY`]).
+    current: Mutex<Option<Current>>,
+}
+
+#[derive(Debug)]
+struct Current {
+    text: String,
+    unresolved: bool,
+    resolved_at: Instant,
 }
 
 /// What a load found, for `-t` and the startup log.
@@ -35,42 +60,132 @@ pub struct LoadReport {
     pub errors: Vec<LineError>,
 }
 
+/// A file's content after the syntax check: the names it needs, or why it is refused.
+enum Checked {
+    Good { names: Vec<String> },
+    Refused(Vec<LineError>),
+}
+
+fn check_text(text: &str) -> Checked {
+    let syntax = resolve::names_and_syntax(text);
+    if syntax.errors.is_empty() {
+        Checked::Good {
+            names: syntax.names,
+        }
+    } else {
+        Checked::Refused(syntax.errors)
+    }
+}
+
 impl FileSource {
     pub fn new(pool: Arc<Pool>, path: PathBuf) -> Self {
-        let file = WatchedFile::new(path, format!("pool {}", pool.name));
-        Self { pool, file }
+        let file = WatchedFile::settled(path, format!("pool {}", pool.name));
+        Self {
+            pool,
+            file,
+            current: Mutex::new(None),
+        }
     }
 
     pub fn path(&self) -> &Path {
         self.file.path()
     }
 
-    /// Reads the file and applies it if its content changed since the last call.
-    pub fn poll(&self) {
-        if let Some(text) = self.file.changed() {
-            self.apply(&text);
-        }
+    pub fn pool_name(&self) -> &str {
+        &self.pool.name
     }
 
-    fn apply(&self, text: &str) {
-        let parsed = upsync_format::parse(text);
-        for e in &parsed.errors {
+    /// Servers the pool holds now.
+    pub fn server_count(&self) -> usize {
+        self.pool.snapshot().servers.len()
+    }
+
+    /// Startup: reads the file (twice, so a write in progress is not taken), resolves its names
+    /// within [`resolve::STARTUP_BUDGET`] and applies it. Needs no runtime.
+    pub fn load_at_startup(&self) {
+        let Some(text) = self.file.read_settled_now() else {
+            return;
+        };
+        // Nothing to keep yet: a file with bad lines still serves its good ones.
+        let syntax = resolve::names_and_syntax(&text);
+        if !syntax.errors.is_empty() {
             warn!(
-                "pool {}: {}: {e}; line skipped",
+                "pool {}: {} has {} bad line(s); serving the other {} until it is fixed",
                 self.pool.name,
-                self.path().display()
+                self.path().display(),
+                syntax.errors.len(),
+                syntax.servers
             );
         }
-        match self.pool.replace(parsed.servers) {
-            Update::Applied(diff) => info!(
-                "pool {}: {} server(s) from {}: {diff}",
+        let resolved = resolve::lookup_for_startup(&syntax.names, resolve::STARTUP_BUDGET);
+        self.apply(text, &resolved);
+    }
+
+    /// One poll: a settled change is checked and applied; names still unresolved are looked up
+    /// again every [`RETRY`].
+    pub async fn poll(&self) {
+        let text = match self.file.changed() {
+            Some(text) => text,
+            None => {
+                let retry = self.current.lock().as_ref().and_then(|c| {
+                    (c.unresolved && c.resolved_at.elapsed() >= RETRY).then(|| c.text.clone())
+                });
+                match retry {
+                    Some(text) => text,
+                    None => return,
+                }
+            }
+        };
+        let Checked::Good { names } = self.judge(&text) else {
+            return;
+        };
+        let resolved = resolve::lookup(&names, resolve::TIMEOUT).await;
+        self.apply(text, &resolved);
+    }
+
+    /// The syntax verdict, logged when a file is refused.
+    fn judge(&self, text: &str) -> Checked {
+        let checked = check_text(text);
+        if let Checked::Refused(errors) = &checked {
+            for e in errors {
+                warn!("pool {}: {}: {e}", self.pool.name, self.path().display());
+            }
+            warn!(
+                "pool {}: {} not applied ({} bad line(s)); keeping the last {} server(s) until \
+                 it is fixed (graysplit -t shows the same lines)",
                 self.pool.name,
+                self.path().display(),
+                errors.len(),
+                self.pool.snapshot().servers.len()
+            );
+        }
+        checked
+    }
+
+    fn apply(&self, text: String, resolved: &Resolved) {
+        let name = &self.pool.name;
+        let previous = self.pool.snapshot().specs();
+        let r = resolve::parse_resolved(&text, resolved, &previous);
+        for k in &r.kept {
+            warn!("pool {name}: {}: {k}", self.path().display());
+        }
+        for e in &r.parsed.errors {
+            warn!("pool {name}: {}: {e}", self.path().display());
+        }
+        let unresolved = !r.unresolved.is_empty() || !r.kept.is_empty();
+        *self.current.lock() = Some(Current {
+            text,
+            unresolved,
+            resolved_at: Instant::now(),
+        });
+        match self.pool.replace(r.parsed.servers) {
+            Update::Applied(diff) => info!(
+                "pool {name}: {} server(s) from {}: {diff}",
                 self.pool.snapshot().servers.len(),
                 self.path().display()
             ),
             Update::RefusedEmpty => warn!(
-                "pool {}: {} lists no usable server; keeping the last {} (allow_empty = false)",
-                self.pool.name,
+                "pool {name}: {} lists no usable server; keeping the last {} (allow_empty = false)",
                 self.path().display(),
                 self.pool.snapshot().servers.len()
             ),
@@ -79,13 +194,15 @@ impl FileSource {
     }
 }
 
-/// Reads a pools file once without applying it (for `graysplit -t`).
+/// Reads a pools file once without applying it (for `graysplit -t`): its syntax, judged as the
+/// file source judges it. Names are not looked up (at run time one that does not resolve is
+/// retried, never fatal).
 pub fn check(path: &Path) -> Result<LoadReport, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let parsed = upsync_format::parse(&text);
+    let syntax = resolve::names_and_syntax(&text);
     Ok(LoadReport {
-        servers: parsed.servers.len(),
-        errors: parsed.errors,
+        servers: syntax.servers,
+        errors: syntax.errors,
     })
 }
 
@@ -101,7 +218,11 @@ impl BackgroundService for FileWatcher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.sources.iter().for_each(|s| s.poll()),
+                _ = tick.tick() => {
+                    for s in &self.sources {
+                        s.poll().await;
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
         }
@@ -131,44 +252,119 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn applies_changes_and_keeps_good_lines_around_bad_ones() {
+    /// Two polls: a change is applied once two reads agree.
+    async fn settle(src: &FileSource) {
+        src.poll().await;
+        src.poll().await;
+    }
+
+    #[tokio::test]
+    async fn a_change_applies_once_two_reads_agree() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, src) = source(dir.path(), false);
         std::fs::write(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:2;\n").unwrap();
-        src.poll();
-        assert_eq!(ports(&pool), vec![1, 2]);
-        std::fs::write(
-            src.path(),
-            "server 127.0.0.1:1;\nserver garbage\nserver 127.0.0.1:3;\n",
-        )
-        .unwrap();
-        src.poll();
-        assert_eq!(ports(&pool), vec![1, 3]);
+        src.load_at_startup();
+        assert_eq!(ports(&pool), vec![1, 2], "startup reads at once");
+        // A rewrite in place caught halfway: one server written, then the rest.
+        std::fs::write(src.path(), "server 127.0.0.1:1;\n").unwrap();
+        src.poll().await;
+        assert_eq!(
+            ports(&pool),
+            vec![1, 2],
+            "one read of a new content is not enough"
+        );
+        std::fs::write(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:3;\n").unwrap();
+        src.poll().await;
+        assert_eq!(ports(&pool), vec![1, 2], "it changed again: still writing");
+        src.poll().await;
+        assert_eq!(ports(&pool), vec![1, 3], "settled: applied");
     }
 
-    #[test]
-    fn missing_or_empty_file_keeps_the_last_servers_for_base() {
+    #[tokio::test]
+    async fn a_file_with_a_bad_line_is_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, src) = source(dir.path(), false);
+        std::fs::write(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:2;\n").unwrap();
+        src.load_at_startup();
+        // Cut off in the middle of a line (a writer that died), then a typo.
+        for bad in [
+            "server 127.0.0.1:1;\nserver 127.0",
+            "server 127.0.0.1:1;\nserver 127.0.0.1:3 wieght=2;\n",
+        ] {
+            std::fs::write(src.path(), bad).unwrap();
+            settle(&src).await;
+            assert_eq!(ports(&pool), vec![1, 2], "{bad:?} lost lines: not applied");
+        }
+        std::fs::write(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:3;\n").unwrap();
+        settle(&src).await;
+        assert_eq!(ports(&pool), vec![1, 3], "fixed: applied");
+    }
+
+    #[tokio::test]
+    async fn at_startup_the_good_lines_of_a_bad_file_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, src) = source(dir.path(), false);
+        std::fs::write(
+            src.path(),
+            "server 127.0.0.1:1;\nserver x\nserver 127.0.0.1:3;\n",
+        )
+        .unwrap();
+        src.load_at_startup();
+        assert_eq!(
+            ports(&pool),
+            vec![1, 3],
+            "nothing to keep yet: the good lines"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_or_empty_file_keeps_the_last_servers_for_base() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, src) = source(dir.path(), false);
         std::fs::write(src.path(), "server 127.0.0.1:1;\n").unwrap();
-        src.poll();
+        src.load_at_startup();
         std::fs::remove_file(src.path()).unwrap();
-        src.poll();
+        settle(&src).await;
         assert_eq!(ports(&pool), vec![1]);
         std::fs::write(src.path(), "").unwrap();
-        src.poll();
+        settle(&src).await;
         assert_eq!(ports(&pool), vec![1]);
     }
 
-    #[test]
-    fn empty_file_empties_a_pool_that_allows_it() {
+    #[tokio::test]
+    async fn empty_file_empties_a_pool_that_allows_it_once_settled() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, src) = source(dir.path(), true);
         std::fs::write(src.path(), "server 127.0.0.1:1;\n").unwrap();
-        src.poll();
+        src.load_at_startup();
+        std::fs::write(src.path(), "").unwrap();
+        src.poll().await;
+        assert_eq!(
+            ports(&pool),
+            vec![1],
+            "a truncate seen once is not the truth yet"
+        );
         std::fs::write(src.path(), "# no gray today\n").unwrap();
-        src.poll();
+        settle(&src).await;
         assert!(ports(&pool).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_skipped_and_the_rest_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, src) = source(dir.path(), false);
+        std::fs::write(
+            src.path(),
+            "server localhost:1;\nserver nonexistent.invalid:2;\nserver 127.0.0.1:3;\n",
+        )
+        .unwrap();
+        src.load_at_startup();
+        let got = ports(&pool);
+        assert_eq!(got, vec![1, 3], "a DNS failure is not a broken file");
+        assert!(pool.snapshot().servers[0].spec.addr.ip().is_loopback());
+        assert!(
+            src.current.lock().as_ref().is_some_and(|c| c.unresolved),
+            "retried later"
+        );
     }
 }

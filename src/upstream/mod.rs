@@ -8,6 +8,7 @@ pub mod health;
 pub mod kv_value;
 pub mod pool;
 pub mod probe;
+pub mod resolve;
 pub mod server;
 pub mod spec;
 pub mod upsync_format;
