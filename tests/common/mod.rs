@@ -4,6 +4,7 @@
 
 pub mod consul;
 pub mod faulty;
+pub mod flaky;
 pub mod load;
 pub mod nginx;
 pub mod proc;
