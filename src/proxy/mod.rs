@@ -122,8 +122,12 @@ impl ProxyHttp for GraySplit {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
-        // Pingora keeps idle client connections forever by default; nginx's keepalive_timeout.
-        session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs().max(1)));
+        // Pingora keeps idle client connections forever by default; nginx's keepalive_timeout,
+        // for connections the client keeps alive (HTTP/1.1, or 1.0 with `Connection:
+        // keep-alive`). An HTTP/1.0 probe or `Connection: close` is answered and closed.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs().max(1)));
+        }
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
