@@ -5,10 +5,12 @@
 //! again once when it is readable; its last content stays in force meanwhile.
 //!
 //! A [`WatchedFile::settled`] file (the pools files) reports a change only once two reads one
-//! poll apart agree: a tool that rewrites a file in place (truncate, then write) is never caught
-//! with half of it.
+//! poll apart agree on the content *and* the modification time, and neither read overlapped a
+//! write (the mtime before and after it agree): a tool that rewrites a file in place (truncate,
+//! then write) is never caught with half of it, even one that rewrites it again and again.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use log::{info, warn};
 use parking_lot::Mutex;
@@ -27,8 +29,9 @@ pub struct WatchedFile {
 struct State {
     /// Last content reported.
     last: Option<Vec<u8>>,
-    /// A new content read once, waiting for a second read to agree (settled files only).
-    pending: Option<Vec<u8>>,
+    /// A new content (and its mtime) read once, waiting for a second read to agree (settled
+    /// files only).
+    pending: Option<(Vec<u8>, Option<SystemTime>)>,
     /// The last read failed (reported once).
     unreadable: bool,
 }
@@ -99,10 +102,10 @@ impl WatchedFile {
     }
 
     /// The new content if the file changed since the last call (or on the first call); for a
-    /// settled file, once two calls in a row read it.
+    /// settled file, once two calls in a row read it unchanged.
     pub fn changed(&self) -> Option<String> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
+        let (bytes, mtime) = match self.read_with_mtime() {
+            Ok(read) => read,
             Err(e) => {
                 self.report_unreadable(&e);
                 return None;
@@ -117,14 +120,36 @@ impl WatchedFile {
             state.pending = None;
             return None;
         }
-        if self.settle && state.pending.as_deref() != Some(bytes.as_slice()) {
-            state.pending = Some(bytes);
-            return None;
+        if self.settle {
+            // A read that overlapped a write (no stable mtime) never settles anything.
+            let agrees = mtime.is_some()
+                && state
+                    .pending
+                    .as_ref()
+                    .is_some_and(|(b, m)| *b == bytes && *m == mtime);
+            if !agrees {
+                state.pending = Some((bytes, mtime));
+                return None;
+            }
         }
         state.pending = None;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         state.last = Some(bytes);
         Some(text)
+    }
+
+    /// The content and the modification time, `None` for the time when it moved during the read
+    /// (a write in progress) or the file system has none.
+    fn read_with_mtime(&self) -> std::io::Result<(Vec<u8>, Option<SystemTime>)> {
+        let mtime = || {
+            std::fs::metadata(&self.path)
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        let before = mtime();
+        let bytes = std::fs::read(&self.path)?;
+        let after = mtime();
+        Ok((bytes, before.filter(|b| Some(*b) == after)))
     }
 }
 

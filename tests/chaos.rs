@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::consul::{ConsulStandIn, Fault};
 use common::faulty::{FaultyUpstream, Mode};
+use common::flaky::FlakyUpstream;
 use common::load::{Load, LoadClient, Report};
 use common::proc::Graysplit;
 use common::redis::RedisServer;
@@ -313,6 +314,216 @@ async fn a_base_server_killed_and_restarted_fails_no_request() {
     .await;
     load.finish().await.assert_clean("kill + restart");
     assert!(restarted.hits() > 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hiccups (issue 12): a moment of 503s, a server that fails every other request, a server
+// enabled again while broken, a pools file rewritten in place. Where a hiccup must count as a
+// failure, `fail_on_status = [503]` (the default counts only errors and timeouts).
+
+/// graysplit over the given base lines and one gray server; `upstream` goes into `[upstream]`.
+fn hiccup_setup(upstream: &str, base_conf: &str, gray: &Upstream) -> Graysplit {
+    let toml = format!(
+        "{FAST}{upstream}\n{}[gray]\nwhitelist_file = \"whitelist.txt\"\n\
+         [pools.base]\nfile = \"base.conf\"\n[pools.gray]\nfile = \"gray.conf\"\n",
+        pin_toml()
+    );
+    Graysplit::start(
+        &toml,
+        &[
+            ("base.conf", base_conf),
+            ("gray.conf", &file_line(gray.addr, GRAY_BUILD)),
+            ("whitelist.txt", &format!("{GRAY_IP}\n")),
+        ],
+    )
+}
+
+fn flaky_line(u: &FlakyUpstream, extra: &str) -> String {
+    format!("server {} {extra}; # build={BASE_BUILD}\n", u.addr)
+}
+
+/// Waits until `u` gave `n` failure answers, the load running on.
+async fn until_failed(load: &Load, u: &FlakyUpstream, n: u64) {
+    eventually(Duration::from_secs(15), "the hiccup to happen", || async {
+        (u.failed() >= n).then_some(())
+    })
+    .await;
+    load.wait_ok(200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_base_server_hiccuping_costs_no_502() {
+    let (a, gray) = (FlakyUpstream::start("base"), Upstream::start("gray"));
+    let g = hiccup_setup(
+        "fail_on_status = [503]",
+        &flaky_line(&a, "max_fails=2 fail_timeout=10s"),
+        &gray,
+    );
+    let load = Load::start(&g, clients(), PACE);
+    load.wait_ok(100).await;
+    a.fail_next(3, 503);
+    until_failed(&load, &a, 3).await;
+    // nginx's single-server rule: never ejected, so nothing but its own three 503s.
+    load.finish()
+        .await
+        .assert_only_upstream_failures("lone server, 3 x 503", 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_base_servers_hiccuping_together_cost_no_502() {
+    let (a, b, gray) = (
+        FlakyUpstream::start("base"),
+        FlakyUpstream::start("base"),
+        Upstream::start("gray"),
+    );
+    let lines = flaky_line(&a, "max_fails=2 fail_timeout=10s")
+        + &flaky_line(&b, "max_fails=2 fail_timeout=10s");
+    let g = hiccup_setup("fail_on_status = [503]", &lines, &gray);
+    let load = Load::start(&g, clients(), PACE);
+    load.wait_ok(100).await;
+    a.fail_next(2, 503);
+    b.fail_next(2, 503);
+    until_failed(&load, &a, 2).await;
+    until_failed(&load, &b, 2).await;
+    // Both ejected at once: panic mode tries them again instead of answering 502.
+    load.finish()
+        .await
+        .assert_only_upstream_failures("two servers, 2 x 503 each", 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_failing_every_other_request_is_ejected_under_load() {
+    let (a, gray) = (FlakyUpstream::start("base"), Upstream::start("gray"));
+    let healthy = [Upstream::start("base"), Upstream::start("base")];
+    let mut lines = flaky_line(&a, "max_fails=2 fail_timeout=30s");
+    for u in &healthy {
+        lines.push_str(&file_line(u.addr, BASE_BUILD));
+    }
+    let g = hiccup_setup("fail_on_status = [503]", &lines, &gray);
+    let load = Load::start(&g, clients(), PACE);
+    load.wait_ok(100).await;
+    a.fail_every_other(true, 503);
+    wait_health(&g, a.addr, "down", Duration::from_secs(10)).await;
+    let after_ejection = a.gets();
+    load.wait_ok(300).await;
+    let report = load.finish().await;
+    // Its successes in between did not wipe the count (nginx's `accessed < checked`).
+    assert_eq!(a.gets(), after_ejection, "no request after the ejection");
+    report.assert_only_upstream_failures("every other request fails", a.failed());
+    assert!(
+        healthy.iter().all(|u| u.hits() > 0),
+        "the other two carried the load"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_enabled_again_while_broken_fails_no_request() {
+    let (c, gray) = (FlakyUpstream::start("base"), Upstream::start("gray"));
+    let healthy = [Upstream::start("base"), Upstream::start("base")];
+    let lines = |c_extra: &str| {
+        let mut l: String = healthy
+            .iter()
+            .map(|u| file_line(u.addr, BASE_BUILD))
+            .collect();
+        l.push_str(&flaky_line(&c, c_extra));
+        l
+    };
+    let g = hiccup_setup("", &lines(""), &gray);
+    let load = Load::start(&g, clients(), PACE);
+    load.wait_ok(100).await;
+    g.write_file("base.conf", &lines("down"));
+    eventually(Duration::from_secs(5), "c marked down", || async {
+        upstream_list(&g)
+            .await
+            .contains(&format!(
+                "{} weight=1 max_fails=2 fail_timeout=10s down;",
+                c.addr
+            ))
+            .then_some(())
+    })
+    .await;
+    // Broken while down (pages and checks answer 503), then enabled again.
+    c.set_broken(true);
+    let gets_when_broken = c.gets();
+    g.write_file("base.conf", &lines(""));
+    eventually(
+        Duration::from_secs(10),
+        "c checked and held down",
+        || async {
+            let v = status(&g).await;
+            let row = v["servers"]["server"]
+                .as_array()?
+                .iter()
+                .find(|r| r["name"] == c.addr.to_string().as_str())?
+                .clone();
+            (row["fall"].as_u64() >= Some(2)).then_some(())
+        },
+    )
+    .await;
+    load.wait_ok(100).await;
+    assert_eq!(c.gets(), gets_when_broken, "no page or asset reached it");
+    c.set_broken(false);
+    wait_health(&g, c.addr, "up", Duration::from_secs(10)).await;
+    let back = c.gets();
+    eventually(Duration::from_secs(10), "c to serve again", || async {
+        (c.gets() > back).then_some(())
+    })
+    .await;
+    load.finish()
+        .await
+        .assert_clean("enabled again while broken");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pools_file_rewritten_in_place_never_loses_a_server() {
+    use std::io::Write as _;
+    let s = servers();
+    let before = membership(&s.g).await;
+    let text = std::fs::read_to_string(s.g.path("base.conf")).expect("base.conf");
+    let (first, rest) = text.split_at(text.find('\n').expect("a line") + 1);
+    let load = Load::start(&s.g, clients(), PACE);
+    load.wait_ok(100).await;
+    // An editor rewriting the file in place: truncate, write the first line, then (100 ms
+    // later, long enough for a poll to see it) the rest. Twenty times, the same content, about
+    // once per poll (250 ms), so polls can fall into the half-written moment again and again.
+    let path = s.g.path("base.conf");
+    let (head, tail) = (first.to_string(), rest.to_string());
+    let writer = tokio::task::spawn_blocking(move || {
+        for _ in 0..20 {
+            // Stops quietly if the test already failed and its directory is gone.
+            let Ok(mut f) = std::fs::File::create(&path) else {
+                return;
+            };
+            let _ = f.write_all(head.as_bytes()).and_then(|()| f.sync_data());
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = f.write_all(tail.as_bytes()).and_then(|()| f.sync_data());
+            drop(f);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    let mut samples = 0;
+    while !writer.is_finished() {
+        assert_eq!(
+            membership(&s.g).await,
+            before,
+            "a half-written file was applied"
+        );
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writer.await.expect("writer");
+    let report = load.finish().await;
+    report.assert_clean("pools file rewritten in place");
+    assert!(
+        samples > 20,
+        "the pools were watched throughout ({samples})"
+    );
+    let log = s.g.log();
+    assert!(
+        !log.contains("removed [127."),
+        "no server was ever dropped:\n{log}"
+    );
+    assert_eq!(membership(&s.g).await, before);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -379,7 +379,10 @@ async fn an_upgrade_while_consul_hangs_loses_nothing() {
     let consul = ConsulStandIn::start();
     let (a, b) = (Upstream::start("base"), Upstream::start("base"));
     for u in [&a, &b] {
-        consul.put(&format!("upstreams/base/{}", u.addr), r#"{"build":"base-1"}"#);
+        consul.put(
+            &format!("upstreams/base/{}", u.addr),
+            r#"{"build":"base-1"}"#,
+        );
     }
     // strong_dependency: without -u the process refuses to start unless Consul answers; under
     // -u it must not wait for Consul at all (the sockets are handed over meanwhile).
@@ -398,25 +401,33 @@ async fn an_upgrade_while_consul_hangs_loses_nothing() {
     consul.set_fault(Fault::Hang);
     upgrades_under_load(&mut g, 1, "upgrade while Consul hangs").await;
     assert!(
-        g.log().contains("strong_dependency is not waited for on an upgrade"),
+        g.log()
+            .contains("strong_dependency is not waited for on an upgrade"),
         "{}",
         g.log()
     );
     // Consul answers again: the new process follows it.
     consul.set_fault(Fault::None);
     let c = Upstream::start("base");
-    consul.put(&format!("upstreams/base/{}", c.addr), r#"{"build":"base-1"}"#);
-    eventually(Duration::from_secs(10), "the next Consul change", || async {
-        let list = common::client()
-            .get(g.admin_url("/upstream_list"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        list.contains(&c.addr.to_string()).then_some(())
-    })
+    consul.put(
+        &format!("upstreams/base/{}", c.addr),
+        r#"{"build":"base-1"}"#,
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the next Consul change",
+        || async {
+            let list = common::client()
+                .get(g.admin_url("/upstream_list"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            list.contains(&c.addr.to_string()).then_some(())
+        },
+    )
     .await;
 }
 
