@@ -68,6 +68,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     passive_failures: IntCounterVec,
     passive_ejections: IntCounterVec,
+    pool_panics: IntCounterVec,
     server_up: IntGaugeVec,
     health_checks: IntCounterVec,
     health_flips: IntCounterVec,
@@ -123,6 +124,12 @@ impl Metrics {
         let passive_ejections = counter(
             "graysplit_passive_ejections_total",
             "Servers made unavailable for fail_timeout after max_fails failures.",
+            &["pool"],
+        )?;
+        let pool_panics = counter(
+            "graysplit_pool_panics_total",
+            "Times every usable server of a pool was ejected by passive failures and their \
+             counts were reset to try them again (panic mode), by pool.",
             &["pool"],
         )?;
         let health_checks = counter(
@@ -189,6 +196,7 @@ impl Metrics {
             retries,
             passive_failures,
             passive_ejections,
+            pool_panics,
             server_up,
             health_checks,
             health_flips,
@@ -278,6 +286,11 @@ impl Metrics {
         // Servers come and go: rebuild the gauge so removed servers disappear.
         self.server_up.reset();
         for pool in pools.iter() {
+            let panics = self.pool_panics.with_label_values(&[pool.name.as_str()]);
+            let seen = panics.get();
+            if pool.panics() > seen {
+                panics.inc_by(pool.panics() - seen);
+            }
             for s in &pool.snapshot().servers {
                 let up = s.health.available(&s.spec);
                 self.server_up

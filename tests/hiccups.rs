@@ -143,6 +143,11 @@ async fn two_servers_hiccuping_together_cost_no_502() {
         "the reset is logged:\n{}",
         g.log()
     );
+    assert_eq!(
+        metric(&g, "graysplit_pool_panics_total{pool=\"base\"}").await,
+        1.0,
+        "and counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "keepalive_pool_size",
             "tries",
             "host_header",
+            "default_host",
             "fail_on_status",
             "retry_on_status",
         ],
@@ -45,6 +46,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "interval",
             "strong_dependency",
             "timeout",
+            "max_backoff",
         ],
     ),
     ("health", HEALTH),
@@ -100,7 +102,16 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("gray.headers.gray", &["a", "x-color"]),
-    ("[routes]", &["prefix", "pool"]),
+    (
+        "[routes]",
+        &[
+            "prefix",
+            "pool",
+            "connect_timeout",
+            "read_timeout",
+            "write_timeout",
+        ],
+    ),
     (
         "pin",
         &[

@@ -153,7 +153,9 @@ fn respond(
             return fail(status);
         }
         if b.alternate.load(Ordering::Relaxed)
-            && b.alternated.fetch_add(1, Ordering::Relaxed) % 2 == 0
+            && b.alternated
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(2)
         {
             return fail(status);
         }
