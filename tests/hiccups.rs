@@ -190,7 +190,16 @@ async fn an_applications_own_503_never_ejects_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_enabled_again_after_down_gets_nothing_before_it_passes_rise_checks() {
     let (a, b) = (FlakyUpstream::start("base"), FlakyUpstream::start("base"));
-    let g = start("", &format!("{}\n{}\n", a.line(""), b.line("")));
+    // fall = 3 checks 200 ms apart: a server wrongly taken as up would keep traffic for at least
+    // 400 ms before its checks took it out.
+    let g = Graysplit::start(
+        "[health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nrise = 2\nfall = 3\n\
+         [pools.base]\nfile = \"base.conf\"\n[pools.gray]\nfile = \"gray.conf\"\n",
+        &[
+            ("base.conf", &format!("{}\n{}\n", a.line(""), b.line(""))),
+            ("gray.conf", ""),
+        ],
+    );
     let lines = |b_extra: &str| format!("{}\n{}\n", a.line(""), b.line(b_extra));
     eventually(Duration::from_secs(5), "both to serve", || async {
         let answers = gets(&g, 4).await;
@@ -200,24 +209,16 @@ async fn a_server_enabled_again_after_down_gets_nothing_before_it_passes_rise_ch
             .then_some(())
     })
     .await;
-    // Marked down, then broken while down (its checks and its pages answer 503).
+    // Marked down: no longer checked (its last state, "up", stays as it was) ...
     g.write_file("base.conf", &lines("down"));
-    eventually(Duration::from_secs(5), "b to be marked down", || async {
-        let list = client()
-            .get(g.admin_url("/upstream_list"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        list.contains(&format!(
-            "server {} weight=1 max_fails=2 fail_timeout=10s down;",
-            b.addr
-        ))
-        .then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "b to be marked down and unchecked",
+        || async { (server_row(&g, &b).await["type"] == "none").then_some(()) },
+    )
     .await;
+    let checks_when_down = b.behaviour.heads.load(std::sync::atomic::Ordering::Relaxed);
+    // ... and broken meanwhile (its checks and its pages answer 503).
     b.set_broken(true);
     let before = b.gets();
     // Enabled again: it must not take traffic on its stale "up" from before.
@@ -236,12 +237,16 @@ async fn a_server_enabled_again_after_down_gets_nothing_before_it_passes_rise_ch
                     "only a serves while b is unchecked or failing"
                 );
                 let row = server_row(g, b).await;
-                (row["fall"].as_u64() >= Some(2)).then_some(())
+                (row["fall"].as_u64() >= Some(3)).then_some(())
             }
         },
     )
     .await;
     assert_eq!(b.gets(), before, "no page reached the broken server");
+    assert!(
+        b.behaviour.heads.load(std::sync::atomic::Ordering::Relaxed) >= checks_when_down + 3,
+        "it was checked after it was enabled"
+    );
     // Repaired: it comes back after rise passes.
     b.set_broken(false);
     eventually(Duration::from_secs(10), "b to serve again", || async {
