@@ -60,9 +60,11 @@ fn server_conf(config: &Config) -> ServerConf {
 /// The order matters for `-u` (graceful upgrade, `systemctl reload`): the old process tries for
 /// about 5 s to hand its listening sockets over and stops accepting 5 s after, so everything
 /// that can fail runs first (fast, from the config alone), then the sockets are taken
-/// ([`Server::bootstrap`]), and only then what may be slow: pools files and dumps with host
-/// names (DNS, bounded by [`crate::upstream::resolve::STARTUP_BUDGET`]) and, without `-u`,
-/// `strong_dependency`'s first Consul answer. Consul itself is followed by a background service.
+/// ([`Server::bootstrap`]), and only then what may be slow: without `-u`, `strong_dependency`'s
+/// first Consul answer; and, in the pool watchers' services (after `-d` forks), pools files and
+/// dumps with their host names (DNS bounded by [`crate::upstream::resolve::STARTUP_BUDGET`]). The
+/// health checks wait for those services and the proxy for the checks, so the first request
+/// already finds the pools.
 pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     for dir in [&config.server.pid_file, &config.server.upgrade_sock]
         .iter()
@@ -106,22 +108,15 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     // The listening sockets (inherited with -u), before anything slow.
     server.bootstrap();
 
-    for src in &sources {
-        src.load_at_startup();
-        info!(
-            "pool {}: {} server(s) from {}",
-            src.pool_name(),
-            src.server_count(),
-            src.path().display()
-        );
-    }
-    server.add_service(background_service(
+    // Pools files and dumps are read by their watchers' services, after the fork of -d and on
+    // their own runtimes (DNS never blocks startup); the health checks wait for them.
+    let file_watcher = server.add_service(background_service(
         "pools file watcher",
         FileWatcher { sources },
     ));
-    let consul_status = match consul {
+    let mut pool_loaders = vec![file_watcher];
+    let consul = match consul {
         Some(source) => {
-            source.load_dumps();
             if config.consul.strong_dependency {
                 if run.upgrade {
                     // The process handing over was serving from Consul and kept the dumps
@@ -135,18 +130,17 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
                     source.first_fetch(&config.consul)?;
                 }
             }
-            server.add_service(background_service(
+            pool_loaders.push(server.add_service(background_service(
                 "consul watcher",
                 ConsulWatcher {
                     client: source.client.clone(),
                     watchers: source.watchers.clone(),
                 },
-            ));
+            )));
             source.status
         }
         None => Arc::new(ConsulStatus::default()),
     };
-    let consul = consul_status;
 
     // Set the moment SIGQUIT or SIGTERM arrives: answers then close their connection cleanly.
     let draining = Draining::default();
@@ -202,6 +196,9 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         "health checks",
         HealthChecker::new(checked_pools(&pools), metrics.clone()),
     ));
+    for loader in &pool_loaders {
+        checker.add_dependency(loader);
+    }
     // The proxy starts once every server had its first check (warm start, see checker.rs).
     server.add_service(proxy_service).add_dependency(&checker);
 

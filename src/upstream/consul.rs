@@ -38,6 +38,7 @@ use log::{debug, error, info, warn};
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
 use rand::Rng as _;
 use serde_json::json;
 
@@ -349,9 +350,13 @@ impl PoolWatcher {
     }
 
     /// Loads the dump into the pool (startup, before serving). Problems are logged, never fatal:
-    /// the pool then waits for Consul.
-    pub fn load_dump(&self) {
+    /// the pool then waits for Consul. Skipped when Consul's own answer is in already
+    /// (`strong_dependency`).
+    pub async fn load_dump(&self) {
         let name = &self.pool.name;
+        if self.state.lock().servers_from == "consul" {
+            return;
+        }
         let Some(path) = &self.dump_path else {
             info!(
                 "pool {name}: no dump_path, so the pool is empty until Consul answers \
@@ -377,10 +382,10 @@ impl PoolWatcher {
             }
             Ok(text) => text,
         };
-        // Host names in the dump are looked up within a short startup budget, never blocking
-        // startup (and so an upgrade) on DNS; one that does not answer waits for Consul.
+        // Host names in the dump are looked up within a short budget, off the async threads;
+        // one that does not answer waits for Consul.
         let names = resolve::names_and_syntax(&text).names;
-        let resolved = resolve::lookup_for_startup(&names, resolve::STARTUP_BUDGET);
+        let resolved = resolve::lookup(&names, resolve::STARTUP_BUDGET).await;
         let parsed = resolve::parse_resolved(&text, &resolved, &[]).parsed;
         for e in &parsed.errors {
             warn!("pool {name}: dump {}: {e}; line skipped", path.display());
@@ -646,13 +651,6 @@ impl ConsulSource {
         })
     }
 
-    /// Loads every pool's dump (startup, before serving; host names within a short budget).
-    pub fn load_dumps(&self) {
-        for w in &self.watchers {
-            w.load_dump();
-        }
-    }
-
     /// `strong_dependency = true`: every pool's first answer, within [`STARTUP_TIMEOUT`] in all,
     /// or an error naming the addresses. Runs on its own thread and runtime, so it works before
     /// (and regardless of) Pingora's runtimes.
@@ -694,7 +692,9 @@ impl ConsulSource {
     }
 }
 
-/// The background service running every pool's poll loop (one task per pool).
+/// The background service running every pool's poll loop (one task per pool). It loads each
+/// pool's dump first and is ready then, so the health checks (and so the proxy) start with the
+/// dumps' servers in place, traffic flowing before Consul answers.
 pub struct ConsulWatcher {
     pub client: Arc<ConsulClient>,
     pub watchers: Vec<Arc<PoolWatcher>>,
@@ -702,7 +702,15 @@ pub struct ConsulWatcher {
 
 #[async_trait]
 impl BackgroundService for ConsulWatcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        for w in &self.watchers {
+            w.load_dump().await;
+        }
+        ready.notify_ready();
         let mut tasks = tokio::task::JoinSet::new();
         let mut by_task = HashMap::new();
         for (i, w) in self.watchers.iter().enumerate() {
@@ -855,7 +863,7 @@ mod tests {
             Arc::new(super::super::health::HealthTable::default()),
         ));
         let w2 = PoolWatcher::new(fresh.clone(), "upstreams/base/".into(), Some(dump_path));
-        w2.load_dump();
+        w2.load_dump().await;
         assert_eq!(fresh.snapshot().specs(), pool.snapshot().specs());
         assert_eq!(w2.state().servers_from, "dump");
     }

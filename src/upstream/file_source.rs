@@ -10,8 +10,10 @@
 //!   servers until the file is fixed. `graysplit -t` reports the same lines. At startup there is
 //!   no last list to keep, so the good lines are served (and the bad ones logged).
 //! - **Host names never block and never lose a server.** Names are resolved off the async
-//!   threads with a deadline ([`super::resolve`]). A name that does not resolve keeps its last
-//!   address; a new one is skipped and looked up again every [`RETRY`] until it resolves.
+//!   threads with a deadline ([`super::resolve`]), and not before the process has taken its
+//!   sockets: the first load runs in the watcher's service, which the health checks (and so the
+//!   proxy) wait for. A name that does not resolve keeps its last address; a new one is skipped
+//!   and looked up again every [`RETRY`] until it resolves.
 //! - An empty or unreadable file never empties `base` (`allow_empty = false`).
 //!
 //! Log lines appear once per change, not per poll.
@@ -25,6 +27,7 @@ use log::{info, warn};
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
 
 use super::pool::{Pool, Update};
 use super::resolve::{self, Resolved};
@@ -100,15 +103,20 @@ impl FileSource {
         self.pool.snapshot().servers.len()
     }
 
-    /// Startup: reads the file (twice, so a write in progress is not taken), resolves its names
-    /// within [`resolve::STARTUP_BUDGET`] and applies it. Needs no runtime.
-    pub fn load_at_startup(&self) {
-        let Some(text) = self.file.read_settled_now() else {
+    /// The first load (the proxy waits for it): reads the file (until two reads agree, so a
+    /// write in progress is not taken), resolves its names within [`resolve::STARTUP_BUDGET`]
+    /// and applies it. With nothing to keep yet, a file with bad lines serves its good ones.
+    pub async fn load_first(self: &Arc<Self>) {
+        let me = self.clone();
+        let Ok(Some(text)) = tokio::task::spawn_blocking(move || me.file.read_settled_now()).await
+        else {
             return;
         };
-        // Nothing to keep yet: a file with bad lines still serves its good ones.
         let syntax = resolve::names_and_syntax(&text);
         if !syntax.errors.is_empty() {
+            for e in &syntax.errors {
+                warn!("pool {}: {}: {e}", self.pool.name, self.path().display());
+            }
             warn!(
                 "pool {}: {} has {} bad line(s); serving the other {} until it is fixed",
                 self.pool.name,
@@ -117,21 +125,21 @@ impl FileSource {
                 syntax.servers
             );
         }
-        let resolved = resolve::lookup_for_startup(&syntax.names, resolve::STARTUP_BUDGET);
-        self.apply(text, &resolved);
+        let resolved = resolve::lookup(&syntax.names, resolve::STARTUP_BUDGET).await;
+        self.apply(text, &resolved, false);
     }
 
     /// One poll: a settled change is checked and applied; names still unresolved are looked up
     /// again every [`RETRY`].
     pub async fn poll(&self) {
-        let text = match self.file.changed() {
-            Some(text) => text,
+        let (text, retry) = match self.file.changed() {
+            Some(text) => (text, false),
             None => {
                 let retry = self.current.lock().as_ref().and_then(|c| {
                     (c.unresolved && c.resolved_at.elapsed() >= RETRY).then(|| c.text.clone())
                 });
                 match retry {
-                    Some(text) => text,
+                    Some(text) => (text, true),
                     None => return,
                 }
             }
@@ -140,7 +148,7 @@ impl FileSource {
             return;
         };
         let resolved = resolve::lookup(&names, resolve::TIMEOUT).await;
-        self.apply(text, &resolved);
+        self.apply(text, &resolved, retry);
     }
 
     /// The syntax verdict, logged when a file is refused.
@@ -162,15 +170,22 @@ impl FileSource {
         checked
     }
 
-    fn apply(&self, text: String, resolved: &Resolved) {
+    /// Applies a checked file with these addresses. `retry`: a look-up again of the names that
+    /// did not resolve (their problems were logged when the content was new).
+    fn apply(&self, text: String, resolved: &Resolved, retry: bool) {
         let name = &self.pool.name;
         let previous = self.pool.snapshot().specs();
         let r = resolve::parse_resolved(&text, resolved, &previous);
+        let level = if retry {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
         for k in &r.kept {
-            warn!("pool {name}: {}: {k}", self.path().display());
+            log::log!(level, "pool {name}: {}: {k}", self.path().display());
         }
         for e in &r.parsed.errors {
-            warn!("pool {name}: {}: {e}", self.path().display());
+            log::log!(level, "pool {name}: {}: {e}", self.path().display());
         }
         let unresolved = !r.unresolved.is_empty() || !r.kept.is_empty();
         *self.current.lock() = Some(Current {
@@ -206,14 +221,34 @@ pub fn check(path: &Path) -> Result<LoadReport, String> {
     })
 }
 
-/// Background service polling every file source.
+/// Background service polling every file source. Ready once every file had its first load,
+/// so the health checks and the proxy start with the pools in place.
 pub struct FileWatcher {
     pub sources: Vec<Arc<FileSource>>,
 }
 
 #[async_trait]
 impl BackgroundService for FileWatcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let mut first = tokio::task::JoinSet::new();
+        for s in &self.sources {
+            let s = s.clone();
+            first.spawn(async move {
+                s.load_first().await;
+                info!(
+                    "pool {}: {} server(s) from {}",
+                    s.pool.name,
+                    s.server_count(),
+                    s.path().display()
+                );
+            });
+        }
+        while first.join_next().await.is_some() {}
+        ready.notify_ready();
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -234,13 +269,13 @@ mod tests {
     use super::*;
     use crate::upstream::health::HealthTable;
 
-    fn source(dir: &Path, allow_empty: bool) -> (Arc<Pool>, FileSource) {
+    fn source(dir: &Path, allow_empty: bool) -> (Arc<Pool>, Arc<FileSource>) {
         let pool = Arc::new(Pool::new(
             "base",
             allow_empty,
             Arc::new(HealthTable::default()),
         ));
-        let src = FileSource::new(pool.clone(), dir.join("base.conf"));
+        let src = Arc::new(FileSource::new(pool.clone(), dir.join("base.conf")));
         (pool, src)
     }
 
@@ -263,7 +298,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (pool, src) = source(dir.path(), false);
         std::fs::write(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:2;\n").unwrap();
-        src.load_at_startup();
+        src.load_first().await;
         assert_eq!(ports(&pool), vec![1, 2], "startup reads at once");
         // A rewrite in place caught halfway: one server written, then the rest.
         std::fs::write(src.path(), "server 127.0.0.1:1;\n").unwrap();
@@ -285,7 +320,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (pool, src) = source(dir.path(), false);
         std::fs::write(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:2;\n").unwrap();
-        src.load_at_startup();
+        src.load_first().await;
         // Cut off in the middle of a line (a writer that died), then a typo.
         for bad in [
             "server 127.0.0.1:1;\nserver 127.0",
@@ -309,7 +344,7 @@ mod tests {
             "server 127.0.0.1:1;\nserver x\nserver 127.0.0.1:3;\n",
         )
         .unwrap();
-        src.load_at_startup();
+        src.load_first().await;
         assert_eq!(
             ports(&pool),
             vec![1, 3],
@@ -322,7 +357,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (pool, src) = source(dir.path(), false);
         std::fs::write(src.path(), "server 127.0.0.1:1;\n").unwrap();
-        src.load_at_startup();
+        src.load_first().await;
         std::fs::remove_file(src.path()).unwrap();
         settle(&src).await;
         assert_eq!(ports(&pool), vec![1]);
@@ -336,7 +371,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (pool, src) = source(dir.path(), true);
         std::fs::write(src.path(), "server 127.0.0.1:1;\n").unwrap();
-        src.load_at_startup();
+        src.load_first().await;
         std::fs::write(src.path(), "").unwrap();
         src.poll().await;
         assert_eq!(
@@ -358,7 +393,7 @@ mod tests {
             "server localhost:1;\nserver nonexistent.invalid:2;\nserver 127.0.0.1:3;\n",
         )
         .unwrap();
-        src.load_at_startup();
+        src.load_first().await;
         let got = ports(&pool);
         assert_eq!(got, vec![1, 3], "a DNS failure is not a broken file");
         assert!(pool.snapshot().servers[0].spec.addr.ip().is_loopback());

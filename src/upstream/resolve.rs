@@ -3,12 +3,11 @@
 //!
 //! The system resolver (`getaddrinfo`: `/etc/hosts`, NSS, DNS) blocks, and a DNS server that does
 //! not answer holds a lookup for `timeout × attempts` of resolv.conf (10 s and more). So a lookup
-//! never runs on an async worker thread, and its caller gives up at a deadline:
-//! - [`lookup`] (watchers): each name on Tokio's blocking pool, all at once, [`TIMEOUT`] each;
-//! - [`lookup_for_startup`] (before the runtimes exist): each name on a thread of its own, all at
-//!   once, within one deadline — startup, and so a graceful upgrade (`-u`) whose sockets are
-//!   already taken, never waits long for DNS. A lookup still running at its deadline is left to
-//!   finish on its own and its answer is dropped.
+//! never runs on an async worker thread: [`lookup`] runs each name on Tokio's blocking pool, all
+//! at once, and gives up on each at a deadline ([`TIMEOUT`] for the watchers, [`STARTUP_BUDGET`]
+//! for the first load, which the proxy waits for). A lookup still running at its deadline is left
+//! to finish on its own and its answer is dropped. Nothing is looked up before the process has
+//! taken its sockets and daemonized: the first loads run in the watchers' background services.
 //!
 //! A name that does not resolve keeps the address it had (the caller passes the previous list,
 //! see [`parse_resolved`]); a new one is skipped until a later lookup finds it. Parsing is split
@@ -17,15 +16,14 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::spec::ServerSpec;
 use super::upsync_format::{self, LineError, Parsed};
 
 /// How long a watcher waits for one name.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
-/// How long startup waits for all names together.
+/// How long the first load of a pools file or dump waits for its names (the proxy waits for it).
 pub const STARTUP_BUDGET: Duration = Duration::from_secs(1);
 
 /// What each name (`host:port`) resolved to, or why not.
@@ -39,6 +37,15 @@ pub fn is_literal(name: &str) -> bool {
 /// Looks up every name that is not a literal, at once, on the blocking pool; each within
 /// `timeout`. Literals are answered directly.
 pub async fn lookup(names: &[String], timeout: Duration) -> Resolved {
+    lookup_with(names, timeout, upsync_format::resolve).await
+}
+
+/// [`lookup`] with the lookup given (tests use a slow one).
+pub async fn lookup_with(
+    names: &[String],
+    timeout: Duration,
+    resolve: fn(&str) -> Result<SocketAddr, String>,
+) -> Resolved {
     let mut out = Resolved::new();
     let mut pending = tokio::task::JoinSet::new();
     for name in names {
@@ -56,7 +63,7 @@ pub async fn lookup(names: &[String], timeout: Duration) -> Resolved {
         let name = name.clone();
         pending.spawn(async move {
             let owned = name.clone();
-            let lookup = tokio::task::spawn_blocking(move || upsync_format::resolve(&owned));
+            let lookup = tokio::task::spawn_blocking(move || resolve(&owned));
             let result = match tokio::time::timeout(timeout, lookup).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => Err(e.to_string()),
@@ -71,64 +78,6 @@ pub async fn lookup(names: &[String], timeout: Duration) -> Resolved {
     while let Some(done) = pending.join_next().await {
         if let Ok((name, result)) = done {
             out.insert(name, result);
-        }
-    }
-    out
-}
-
-/// [`lookup`] for code that runs before any runtime: one thread per name, all within `budget`.
-pub fn lookup_for_startup(names: &[String], budget: Duration) -> Resolved {
-    lookup_for_startup_with(names, budget, upsync_format::resolve)
-}
-
-/// [`lookup_for_startup`] with the lookup given (tests use a slow one).
-pub fn lookup_for_startup_with(
-    names: &[String],
-    budget: Duration,
-    resolve: fn(&str) -> Result<SocketAddr, String>,
-) -> Resolved {
-    let deadline = Instant::now() + budget;
-    let (tx, rx) = mpsc::channel();
-    let mut out = Resolved::new();
-    let mut waiting = 0usize;
-    for name in names {
-        if out.contains_key(name) {
-            continue;
-        }
-        if let Ok(addr) = name.parse::<SocketAddr>() {
-            out.insert(name.clone(), Ok(addr));
-            continue;
-        }
-        out.insert(
-            name.clone(),
-            Err(format!(
-                "resolving {name:?} took longer than {} at startup",
-                crate::config::duration::format(budget)
-            )),
-        );
-        let (tx, owned) = (tx.clone(), name.clone());
-        let spawned = std::thread::Builder::new()
-            .name("resolve".into())
-            .spawn(move || {
-                let result = resolve(&owned);
-                let _ = tx.send((owned, result));
-            });
-        match spawned {
-            Ok(_) => waiting += 1,
-            Err(e) => {
-                out.insert(name.clone(), Err(format!("cannot start a lookup: {e}")));
-            }
-        }
-    }
-    drop(tx);
-    while waiting > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((name, result)) => {
-                out.insert(name, result);
-                waiting -= 1;
-            }
-            Err(_) => break,
         }
     }
     out
@@ -268,22 +217,25 @@ mod tests {
         assert_eq!(fresh.parsed.servers.len(), 2);
     }
 
+    static SLOW_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// A resolver whose `slow…` names hang for a while (a DNS server that does not answer).
     fn slow(name: &str) -> Result<SocketAddr, String> {
         if name.starts_with("slow") {
-            std::thread::sleep(Duration::from_secs(30));
+            std::thread::sleep(Duration::from_secs(2));
+            SLOW_DONE.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         Ok("10.9.9.9:80".parse().unwrap())
     }
 
-    #[test]
-    fn startup_lookups_end_at_the_budget_and_keep_what_answered() {
+    #[tokio::test]
+    async fn lookups_end_at_their_deadline_and_keep_what_answered() {
         let names: Vec<String> = ["slow.internal:80", "fast.internal:80", "127.0.0.1:5"]
             .map(String::from)
             .into();
-        let t = Instant::now();
-        let r = lookup_for_startup_with(&names, Duration::from_millis(300), slow);
-        // The hanging lookup (30 s) is abandoned at the budget; what answered is kept.
-        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let r = lookup_with(&names, Duration::from_millis(200), slow).await;
+        // Back before the hanging lookup finished: it was given up at its deadline.
+        assert!(!SLOW_DONE.load(std::sync::atomic::Ordering::SeqCst));
         assert!(r["slow.internal:80"]
             .as_ref()
             .is_err_and(|e| e.contains("took longer")));
