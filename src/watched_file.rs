@@ -5,9 +5,10 @@
 //! again once when it is readable; its last content stays in force meanwhile.
 //!
 //! A [`WatchedFile::settled`] file (the pools files) reports a change only once two reads one
-//! poll apart agree on the content *and* the modification time, and neither read overlapped a
-//! write (the mtime before and after it agree): a tool that rewrites a file in place (truncate,
-//! then write) is never caught with half of it, even one that rewrites it again and again.
+//! poll apart agree on the content *and* the modification time, neither read overlapped a write
+//! (the mtime before and after it agree), and the file has not been written for [`SETTLE_AGE`]:
+//! a tool that rewrites a file in place (truncate, then write) is never caught with half of it —
+//! not one that rewrites it again and again, nor one that pauses mid-write for less than that.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -35,6 +36,10 @@ struct State {
     /// The last read failed (reported once).
     unreadable: bool,
 }
+
+/// How long a settled file must have been left alone before a change counts. (A file whose
+/// modification time lies in the future, a clock that went back, counts on agreeing reads alone.)
+pub const SETTLE_AGE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Startup reads of a settled file: this many tries, this far apart, for two reads to agree.
 const STARTUP_READS: usize = 50;
@@ -131,6 +136,14 @@ impl WatchedFile {
                 state.pending = Some((bytes, mtime));
                 return None;
             }
+            let left_alone = mtime.is_some_and(|m| {
+                SystemTime::now()
+                    .duration_since(m)
+                    .map_or(true, |age| age >= SETTLE_AGE)
+            });
+            if !left_alone {
+                return None;
+            }
         }
         state.pending = None;
         let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -173,25 +186,50 @@ mod tests {
         assert_eq!(f.changed(), None, "back with the same content: nothing new");
     }
 
+    /// Writes `text` as if that happened `ago` before now.
+    fn write_aged(path: &Path, text: &str, ago: std::time::Duration) {
+        std::fs::write(path, text).unwrap();
+        age(path, ago);
+    }
+
+    fn age(path: &Path, ago: std::time::Duration) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(SystemTime::now() - ago).unwrap();
+    }
+
     #[test]
-    fn a_settled_file_reports_a_change_once_two_reads_agree() {
+    fn a_settled_file_reports_a_change_once_two_reads_agree_and_it_was_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let f = WatchedFile::settled(dir.path().join("w"), "test");
-        std::fs::write(f.path(), "a").unwrap();
+        let old = SETTLE_AGE * 2;
+        write_aged(f.path(), "a", old);
         assert_eq!(f.read_settled_now().as_deref(), Some("a"));
-        std::fs::write(f.path(), "").unwrap();
+        write_aged(f.path(), "", old);
         assert_eq!(f.changed(), None, "truncated, seen once");
-        std::fs::write(f.path(), "a\nb").unwrap();
+        write_aged(f.path(), "a\nb", old);
         assert_eq!(f.changed(), None, "changed again: still being written");
         assert_eq!(f.changed().as_deref(), Some("a\nb"), "two reads agree");
         assert_eq!(f.changed(), None);
-        std::fs::write(f.path(), "c").unwrap();
+        write_aged(f.path(), "c", old);
         assert_eq!(f.changed(), None);
-        std::fs::write(f.path(), "a\nb").unwrap();
+        write_aged(f.path(), "a\nb", old);
+        assert_eq!(f.changed(), None, "back to what is in force");
+        // The same half-written content seen twice, but written anew in between (a writer
+        // rewriting in place in step with the polls): not settled.
+        write_aged(f.path(), "a\n", old);
+        assert_eq!(f.changed(), None);
+        write_aged(f.path(), "a\n", old / 2);
+        assert_eq!(f.changed(), None, "rewritten between the two reads");
+        // Two reads agree, but it was written a moment ago (a writer pausing mid-write).
+        std::fs::write(f.path(), "x\n").unwrap();
+        assert_eq!(f.changed(), None);
         assert_eq!(
             f.changed(),
             None,
-            "back to what is in force: nothing pending"
+            "agreeing reads of a file written just now"
         );
+        age(f.path(), old);
+        assert_eq!(f.changed(), None, "its mtime moved: a new first read");
+        assert_eq!(f.changed().as_deref(), Some("x\n"), "left alone: settled");
     }
 }

@@ -50,7 +50,7 @@ pub fn upstream_host(
     server: &str,
 ) -> Option<String> {
     let fallback = || default_host.unwrap_or(server).to_string();
-    match mode {
+    let host = match mode {
         HostHeader::Host => Some(
             client
                 .or(uri_host)
@@ -62,7 +62,8 @@ pub fn upstream_host(
             None => Some(uri_host.map_or_else(fallback, str::to_string)),
         },
         HostHeader::Upstream => Some(server.to_string()),
-    }
+    };
+    host.filter(|h| !h.is_empty())
 }
 
 /// nginx's `$proxy_add_x_forwarded_for`: the client's `X-Forwarded-For` with the peer appended.

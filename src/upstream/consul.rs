@@ -50,6 +50,8 @@ use crate::config::{duration, ConsulConfig, PoolConfig};
 
 /// First backoff step after a full round of failed addresses; doubles up to `max_backoff`.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// `consul.max_backoff` when not configured.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Keep-alive probes on Consul connections: idle time, interval, count (see module docs).
 const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(10), Duration::from_secs(5), 3);
 /// Consul agents are near; a longer connect wait only delays moving to the next address.
@@ -195,6 +197,13 @@ pub fn next_index(previous: u64, returned: i64) -> u64 {
 pub struct Backoff {
     failures: u32,
     max: Duration,
+}
+
+impl Default for Backoff {
+    /// Capped at `consul.max_backoff`'s default (2 s).
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_BACKOFF)
+    }
 }
 
 impl Backoff {

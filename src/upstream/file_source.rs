@@ -1,9 +1,10 @@
 //! The file source: a pool's servers read from a file in upsync's dump format, re-read when the
-//! file changes (polled every 250 ms, so an edit applies within about half a second).
+//! file changes (polled every 250 ms; an edit applies within a second).
 //!
 //! A file is applied whole or not at all, as nginx applies an `include` on reload:
-//! - **Settled content only.** A change is applied once two reads one poll apart agree, so an
-//!   editor or a tool rewriting the file in place (truncate, then write) is never caught halfway
+//! - **Settled content only.** A change is applied once two reads one poll apart agree and the
+//!   file was left alone for [`crate::watched_file::SETTLE_AGE`], so an editor or a tool
+//!   rewriting the file in place (truncate, then write) is never caught halfway
 //!   ([`WatchedFile::settled`]).
 //! - **No lost lines.** A changed file with a line that does not parse (a cut-off last line, a
 //!   typo) is not applied: every bad line is logged with its number and the pool keeps its
@@ -287,6 +288,15 @@ mod tests {
             .collect()
     }
 
+    /// Writes a file as an editor that finished a second ago would have left it.
+    fn write_old(path: &Path, text: &str) -> std::io::Result<()> {
+        std::fs::write(path, text)?;
+        std::fs::File::options()
+            .write(true)
+            .open(path)?
+            .set_modified(std::time::SystemTime::now() - 2 * crate::watched_file::SETTLE_AGE)
+    }
+
     /// Two polls: a change is applied once two reads agree.
     async fn settle(src: &FileSource) {
         src.poll().await;
@@ -297,18 +307,18 @@ mod tests {
     async fn a_change_applies_once_two_reads_agree() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, src) = source(dir.path(), false);
-        std::fs::write(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:2;\n").unwrap();
+        write_old(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:2;\n").unwrap();
         src.load_first().await;
         assert_eq!(ports(&pool), vec![1, 2], "startup reads at once");
         // A rewrite in place caught halfway: one server written, then the rest.
-        std::fs::write(src.path(), "server 127.0.0.1:1;\n").unwrap();
+        write_old(src.path(), "server 127.0.0.1:1;\n").unwrap();
         src.poll().await;
         assert_eq!(
             ports(&pool),
             vec![1, 2],
             "one read of a new content is not enough"
         );
-        std::fs::write(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:3;\n").unwrap();
+        write_old(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:3;\n").unwrap();
         src.poll().await;
         assert_eq!(ports(&pool), vec![1, 2], "it changed again: still writing");
         src.poll().await;
@@ -319,18 +329,18 @@ mod tests {
     async fn a_file_with_a_bad_line_is_not_applied() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, src) = source(dir.path(), false);
-        std::fs::write(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:2;\n").unwrap();
+        write_old(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:2;\n").unwrap();
         src.load_first().await;
         // Cut off in the middle of a line (a writer that died), then a typo.
         for bad in [
             "server 127.0.0.1:1;\nserver 127.0",
             "server 127.0.0.1:1;\nserver 127.0.0.1:3 wieght=2;\n",
         ] {
-            std::fs::write(src.path(), bad).unwrap();
+            write_old(src.path(), bad).unwrap();
             settle(&src).await;
             assert_eq!(ports(&pool), vec![1, 2], "{bad:?} lost lines: not applied");
         }
-        std::fs::write(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:3;\n").unwrap();
+        write_old(src.path(), "server 127.0.0.1:1;\nserver 127.0.0.1:3;\n").unwrap();
         settle(&src).await;
         assert_eq!(ports(&pool), vec![1, 3], "fixed: applied");
     }
@@ -356,12 +366,12 @@ mod tests {
     async fn missing_or_empty_file_keeps_the_last_servers_for_base() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, src) = source(dir.path(), false);
-        std::fs::write(src.path(), "server 127.0.0.1:1;\n").unwrap();
+        write_old(src.path(), "server 127.0.0.1:1;\n").unwrap();
         src.load_first().await;
         std::fs::remove_file(src.path()).unwrap();
         settle(&src).await;
         assert_eq!(ports(&pool), vec![1]);
-        std::fs::write(src.path(), "").unwrap();
+        write_old(src.path(), "").unwrap();
         settle(&src).await;
         assert_eq!(ports(&pool), vec![1]);
     }
@@ -370,16 +380,16 @@ mod tests {
     async fn empty_file_empties_a_pool_that_allows_it_once_settled() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, src) = source(dir.path(), true);
-        std::fs::write(src.path(), "server 127.0.0.1:1;\n").unwrap();
+        write_old(src.path(), "server 127.0.0.1:1;\n").unwrap();
         src.load_first().await;
-        std::fs::write(src.path(), "").unwrap();
+        write_old(src.path(), "").unwrap();
         src.poll().await;
         assert_eq!(
             ports(&pool),
             vec![1],
             "a truncate seen once is not the truth yet"
         );
-        std::fs::write(src.path(), "# no gray today\n").unwrap();
+        write_old(src.path(), "# no gray today\n").unwrap();
         settle(&src).await;
         assert!(ports(&pool).is_empty());
     }
