@@ -141,8 +141,16 @@ impl RequestLoop {
         RequestLoop { stop, stats, task }
     }
 
-    /// Stops the loop and asserts that it ran and that no request failed.
+    /// Stops the loop (once it served at least 10 requests, so that it says something on a
+    /// machine busy with other work) and asserts that no request failed.
     async fn finish(self) -> Stats {
+        let stats = self.stats.clone();
+        eventually(
+            Duration::from_secs(10),
+            "10 requests from the loop",
+            || async { (stats.lock().unwrap().ok >= 10).then_some(()) },
+        )
+        .await;
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.expect("request loop");
         let stats = std::mem::take(&mut *self.stats.lock().unwrap());
