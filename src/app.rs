@@ -59,6 +59,15 @@ fn server_conf(config: &Config) -> ServerConf {
 
 /// Builds the server. Pools are loaded from their sources *before* this returns, so traffic
 /// flows from the first accepted connection.
+///
+/// The order matters for `-u` (graceful upgrade, `systemctl reload`): the old process tries for
+/// about 5 s to hand its listening sockets over and stops accepting 5 s after, so everything
+/// that can fail runs first (fast, from the config alone), then the sockets are taken
+/// ([`Server::bootstrap`]), and only then what may be slow: without `-u`, `strong_dependency`'s
+/// first Consul answer; and, in the pool watchers' services (after `-d` forks), pools files and
+/// dumps with their host names (DNS bounded by [`crate::upstream::resolve::STARTUP_BUDGET`]). The
+/// health checks wait for those services and the proxy for the checks, so the first request
+/// already finds the pools.
 pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     for dir in [&config.server.pid_file, &config.server.upgrade_sock]
         .iter()
@@ -88,26 +97,53 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         }
     }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?);
-    let mut sources = Vec::new();
-    for p in config.pools.values() {
-        let (Some(file), Some(pool)) = (&p.file, pools.get(&p.name)) else {
-            continue;
-        };
-        let src = Arc::new(FileSource::new(pool.clone(), file.clone()));
-        src.poll();
-        info!(
-            "pool {}: {} server(s) from {}",
-            p.name,
-            pool.snapshot().servers.len(),
-            file.display()
-        );
-        sources.push(src);
-    }
-    server.add_service(background_service(
+    let gray = Arc::new(GrayEngine::new(config.gray.clone())?);
+    let consul = consul_source(config, &pools)?;
+    let sources: Vec<Arc<FileSource>> = config
+        .pools
+        .values()
+        .filter_map(|p| {
+            let (file, pool) = (p.file.as_ref()?, pools.get(&p.name)?);
+            Some(Arc::new(FileSource::new(pool.clone(), file.clone())))
+        })
+        .collect();
+
+    // The listening sockets (inherited with -u), before anything slow.
+    server.bootstrap();
+
+    // Pools files and dumps are read by their watchers' services, after the fork of -d and on
+    // their own runtimes (DNS never blocks startup); the health checks wait for them.
+    let file_watcher = server.add_service(background_service(
         "pools file watcher",
         FileWatcher { sources },
     ));
-    let consul = consul_source(config, &pools, &mut server)?;
+    let mut pool_loaders = vec![file_watcher];
+    let consul = match consul {
+        Some(source) => {
+            if config.consul.strong_dependency {
+                if run.upgrade {
+                    // The process handing over was serving from Consul and kept the dumps
+                    // current; refusing to start now, with its sockets taken, would be the
+                    // outage strong_dependency is meant to prevent.
+                    info!(
+                        "consul: strong_dependency is not waited for on an upgrade (-u): \
+                         starting from the dumps the running process kept"
+                    );
+                } else {
+                    source.first_fetch(&config.consul)?;
+                }
+            }
+            pool_loaders.push(server.add_service(background_service(
+                "consul watcher",
+                ConsulWatcher {
+                    client: source.client.clone(),
+                    watchers: source.watchers.clone(),
+                },
+            )));
+            source.status
+        }
+        None => Arc::new(ConsulStatus::default()),
+    };
 
     // Set the moment SIGQUIT or SIGTERM arrives: answers then close their connection cleanly.
     let draining = Draining::default();
@@ -135,7 +171,6 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
             .clone()
             .map(|h| Arc::new(crate::proxy::request_id::RequestIds::new(h))),
     };
-    let gray = Arc::new(GrayEngine::new(config.gray.clone())?);
     server.add_service(background_service(
         "gray upkeep",
         GrayUpkeep {
@@ -173,6 +208,9 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         "health checks",
         HealthChecker::new(checked_pools(&pools), metrics.clone()),
     ));
+    for loader in &pool_loaders {
+        checker.add_dependency(loader);
+    }
     // The proxy starts once every server had its first check (warm start, see checker.rs).
     server.add_service(proxy_service).add_dependency(&checker);
 
@@ -222,13 +260,9 @@ fn checked_pools(pools: &Pools) -> Vec<Arc<crate::upstream::pool::Pool>> {
     ordered
 }
 
-/// Consul pools: dumps loaded now (so traffic flows before Consul answers), the first answer
-/// awaited when `strong_dependency` is set, and one background service polling every pool.
-fn consul_source(
-    config: &Config,
-    pools: &Pools,
-    server: &mut Server,
-) -> Result<Arc<ConsulStatus>, String> {
+/// The Consul source of the config's Consul pools (`None` without any): watchers and client,
+/// nothing fetched or read yet.
+fn consul_source(config: &Config, pools: &Pools) -> Result<Option<ConsulSource>, String> {
     let defs: Vec<_> = config
         .pools
         .values()
@@ -236,20 +270,9 @@ fn consul_source(
         .filter_map(|p| Some((p, pools.get(&p.name)?.clone())))
         .collect();
     if defs.is_empty() {
-        return Ok(Arc::new(ConsulStatus::default()));
+        return Ok(None);
     }
-    let source = ConsulSource::new(&config.consul, defs)?;
-    if config.consul.strong_dependency {
-        source.first_fetch(&config.consul)?;
-    }
-    server.add_service(background_service(
-        "consul watcher",
-        ConsulWatcher {
-            client: source.client.clone(),
-            watchers: source.watchers.clone(),
-        },
-    ));
-    Ok(source.status)
+    ConsulSource::new(&config.consul, defs).map(Some)
 }
 
 /// `graysplit -t`: beyond the config itself, every pools file must be readable and every line
@@ -261,9 +284,16 @@ pub fn check(config: &Config) -> Result<String, crate::config::ConfigErrors> {
     for p in config.pools.values() {
         // A dump is our own output, but it may have been edited for a rollback: check it too.
         if let Some(dump) = &p.dump_path {
-            match crate::upstream::dump::load(dump) {
+            // Syntax only: host names are looked up at run time, where one that does not
+            // resolve is retried, never fatal.
+            let read = match std::fs::read_to_string(dump) {
+                Ok(text) => Ok(Some(crate::upstream::resolve::names_and_syntax(&text))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            };
+            match read {
                 Ok(Some(parsed)) => {
-                    servers += parsed.servers.len();
+                    servers += parsed.servers;
                     errors.extend(parsed.errors.into_iter().map(|e| ConfigError {
                         key: format!(
                             "pools.{}.dump_path ({}) line {}",

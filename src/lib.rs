@@ -20,6 +20,7 @@ pub mod per_core;
 pub mod pin;
 pub mod proxy;
 pub mod secret;
+pub mod routes;
 pub mod static_site;
 pub mod status_page;
 pub mod upstream;

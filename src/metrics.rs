@@ -77,6 +77,7 @@ pub struct Metrics {
     by_build: ByBuild,
     retries: IntCounterVec,
     passive_ejections: IntCounterVec,
+    pool_panics: IntCounterVec,
     server_up: IntGaugeVec,
     server_in_flight: IntGaugeVec,
     health_checks: IntCounterVec,
@@ -128,6 +129,12 @@ impl Metrics {
         let passive_ejections = counter(
             "graysplit_passive_ejections_total",
             "Servers made unavailable for fail_timeout after max_fails failures.",
+            &["pool"],
+        )?;
+        let pool_panics = counter(
+            "graysplit_pool_panics_total",
+            "Times every usable server of a pool was ejected by passive failures and their \
+             counts were reset to try them again (panic mode), by pool.",
             &["pool"],
         )?;
         let health_checks = counter(
@@ -208,6 +215,7 @@ impl Metrics {
             by_build: ByBuild::new(requests, upstream_seconds, passive_failures),
             retries,
             passive_ejections,
+            pool_panics,
             server_up,
             server_in_flight,
             health_checks,
@@ -309,6 +317,11 @@ impl Metrics {
         self.server_up.reset();
         self.server_in_flight.reset();
         for pool in pools.iter() {
+            let panics = self.pool_panics.with_label_values(&[pool.name.as_str()]);
+            let seen = panics.get();
+            if pool.panics() > seen {
+                panics.inc_by(pool.panics() - seen);
+            }
             for s in &pool.snapshot().servers {
                 let labels = [pool.name.as_str(), s.spec.name.as_str()];
                 let up = s.health.available(&s.spec);

@@ -141,8 +141,16 @@ impl RequestLoop {
         RequestLoop { stop, stats, task }
     }
 
-    /// Stops the loop and asserts that it ran and that no request failed.
+    /// Stops the loop (once it served at least 10 requests, so that it says something on a
+    /// machine busy with other work) and asserts that no request failed.
     async fn finish(self) -> Stats {
+        let stats = self.stats.clone();
+        eventually(
+            Duration::from_secs(10),
+            "10 requests from the loop",
+            || async { (stats.lock().unwrap().ok >= 10).then_some(()) },
+        )
+        .await;
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.expect("request loop");
         let stats = std::mem::take(&mut *self.stats.lock().unwrap());
@@ -782,4 +790,154 @@ async fn bench_put_to_first_request() {
         took[took.len() * 99 / 100],
         took[took.len() - 1]
     );
+}
+
+/// Polls with GETs until `who` answers (at most `within`); returns the time since `since`.
+async fn until_served_by(
+    g: &Graysplit,
+    who: SocketAddr,
+    since: Instant,
+    within: Duration,
+) -> Duration {
+    let c = client();
+    let who = who.to_string();
+    eventually(within, &format!("{who} to take traffic"), || {
+        let (c, who, url) = (c.clone(), who.clone(), g.url("/"));
+        async move {
+            (served_by(&c, &url).await.as_deref() == Ok(who.as_str())).then(|| since.elapsed())
+        }
+    })
+    .await
+}
+
+/// `[consul]` + a Consul base pool with active checks (`[health]` given), no dump.
+fn checked_config(consul: &ConsulStandIn, health: &str, wait: &str) -> String {
+    format!(
+        "[health]\n{health}\n[consul]\naddresses = [\"{}\"]\nwait = \"{wait}\"\n\
+         interval = \"100ms\"\n[pools.base]\nconsul_prefix = \"{BASE}\"\n",
+        consul.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_rises_on_back_to_back_checks_not_one_interval_apart() {
+    // An hour between checks: only the new server's back-to-back first checks can bring it
+    // into rotation within this test, after exactly `rise` passes.
+    let consul = ConsulStandIn::start();
+    let (a, b) = (Upstream::start("base"), Upstream::start("base"));
+    consul.put(&key(BASE, &a), "");
+    let g = Graysplit::start(
+        &checked_config(&consul, "interval = \"1h\"\nrise = 3\n", "30s"),
+        &[],
+    );
+    wait_servers(&g, "base", 1).await;
+    let put = Instant::now();
+    http_put(&consul, &key(BASE, &b), "").await;
+    let took = until_served_by(&g, b.addr, put, Duration::from_secs(10)).await;
+    let row = status(&g).await["servers"]["server"]
+        .as_array()
+        .and_then(|rows| {
+            rows.iter()
+                .find(|r| r["name"] == b.addr.to_string().as_str())
+                .cloned()
+        })
+        .expect("b on /status");
+    assert_eq!(row["rise"], 3, "up after exactly rise = 3 passes: {row}");
+    println!("PUT -> first request on the new server with interval 1h, rise 3: {took:?}");
+}
+
+/// Not a test: `bench/consul-timing` (`cargo test --release --test consul_pools -- --ignored
+/// --nocapture bench_`). PUT returning → first request served by the new server with the
+/// shipped checks (interval 1 s, rise 2, default_down), over 20 changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_put_to_traffic_with_the_shipped_checks() {
+    let consul = ConsulStandIn::start();
+    let (a, b) = (Upstream::start("base"), Upstream::start("base"));
+    consul.put(&key(BASE, &a), "");
+    let g = Graysplit::start(&checked_config(&consul, "", "5m"), &[]);
+    wait_servers(&g, "base", 1).await;
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        assert!(
+            consul
+                .wait_for_blocked_queries_async(1, Duration::from_secs(5))
+                .await
+        );
+        let put = Instant::now();
+        http_put(&consul, &key(BASE, &b), "").await;
+        took.push(until_served_by(&g, b.addr, put, Duration::from_secs(10)).await);
+        consul.delete(&key(BASE, &b));
+        wait_servers(&g, "base", 1).await;
+        // Its health state is dropped with it: the next PUT is a new server again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    took.sort();
+    println!(
+        "bench PUT -> traffic (rise 2, interval 1s) over {} changes: p50 {:?}, max {:?}",
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+}
+
+/// Not a test (see above). After each kind of Consul fault has lasted long enough for the
+/// backoff to reach its cap, the time from the fault's end (Consul answering again) to the next
+/// change being applied; 5 rounds per fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_recovery_after_consul_faults() {
+    let mut consul = ConsulStandIn::start();
+    let (a, b) = (Upstream::start("base"), Upstream::start("base"));
+    consul.put(&key(BASE, &a), "");
+    let g = Graysplit::start(&config(&[consul.url()], "5m", ""), &[]);
+    wait_servers(&g, "base", 1).await;
+    let errors = |v: &serde_json::Value| v["consul"]["base"]["errors"].as_u64().unwrap_or(0);
+    for fault in ["500", "garbage", "hang", "down"] {
+        let mut took = Vec::new();
+        for _ in 0..5 {
+            let before = errors(&status(&g).await);
+            let addr = consul.addr();
+            match fault {
+                "500" => consul.set_fault(Fault::Status500),
+                "garbage" => consul.set_fault(Fault::Garbage),
+                "hang" => consul.set_fault(Fault::Hang),
+                _ => drop(std::mem::replace(&mut consul, ConsulStandIn::start())),
+            }
+            if fault == "hang" {
+                // A parked poll is answered when the hang ends: wait for one to be parked.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            } else {
+                // Enough failed polls for the backoff to reach its cap (2 s).
+                eventually(Duration::from_secs(60), "failed polls", || async {
+                    (errors(&status(&g).await) >= before + 5).then_some(())
+                })
+                .await;
+            }
+            if fault == "down" {
+                // The stand-in started meanwhile is elsewhere; Consul comes back on its address.
+                consul = ConsulStandIn::start_on(addr).expect("rebind Consul's port");
+                consul.put(&key(BASE, &a), "");
+            }
+            consul.set_fault(Fault::None);
+            let back = Instant::now();
+            consul.put(&key(BASE, &b), "");
+            eventually(Duration::from_secs(30), "the next change", || async {
+                upstream_list(&g, "base")
+                    .await
+                    .contains(&b.addr.to_string())
+                    .then_some(())
+            })
+            .await;
+            took.push(back.elapsed());
+            consul.delete(&key(BASE, &b));
+            wait_servers(&g, "base", 1).await;
+        }
+        took.sort();
+        println!(
+            "bench next change after Consul {fault}: p50 {:?}, max {:?} (5 rounds)",
+            took[took.len() / 2],
+            took[took.len() - 1]
+        );
+    }
 }

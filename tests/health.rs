@@ -393,34 +393,45 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statuses_count_as_passive_failures_and_retry_on_status_hides_them() {
+async fn statuses_count_as_passive_failures_only_when_listed_and_retry_on_status_hides_them() {
     // No active checks: a 503 on /healthz (requested through the proxy) is then only seen
     // passively. max_fails=0 keeps both servers in rotation so every round hits a.
     let (a, b) = (Upstream::start("base"), Upstream::start("base"));
     a.set_healthy(false);
     let lines = format!("{}\n{}\n", a.line("max_fails=0"), b.line("max_fails=0"));
-    let toml = |retry: &str| {
+    let toml = |upstream: &str| {
         format!(
-            "[health]\nenabled = false\n[upstream]\nretry_on_status = [{retry}]\n\n{}",
+            "[health]\nenabled = false\n[upstream]\n{upstream}\n\n{}",
             pools_toml()
         )
     };
+    let status_failures =
+        "graysplit_passive_failures_total{build=\"base\",kind=\"status\",pool=\"base\"}";
     let c = client();
+    // The default (nginx's `proxy_next_upstream error timeout`): an application's 503 is an
+    // answer, passed on and not held against the server.
     let plain = Graysplit::start(&toml(""), &[("base.conf", &lines), ("gray.conf", "")]);
     let codes: Vec<u16> = futures_codes(&c, &plain.url("/healthz"), 4).await;
+    assert_eq!(codes.iter().filter(|&&s| s == 503).count(), 2, "{codes:?}");
+    let (_, m) = get_text(plain.admin_url("/metrics")).await;
+    assert_eq!(sample(&m, status_failures), 0.0, "{m}");
+
+    let counting = Graysplit::start(
+        &toml("fail_on_status = [503]"),
+        &[("base.conf", &lines), ("gray.conf", "")],
+    );
+    let codes: Vec<u16> = futures_codes(&c, &counting.url("/healthz"), 4).await;
     assert!(
         codes.contains(&503),
         "without retry_on_status the 503 passes: {codes:?}"
     );
-    let (_, m) = get_text(plain.admin_url("/metrics")).await;
-    assert!(
-        sample(
-            &m,
-            "graysplit_passive_failures_total{build=\"base\",kind=\"status\",pool=\"base\"}"
-        ) >= 1.0
-    );
+    let (_, m) = get_text(counting.admin_url("/metrics")).await;
+    assert_eq!(sample(&m, status_failures), 2.0, "{m}");
 
-    let retrying = Graysplit::start(&toml("503"), &[("base.conf", &lines), ("gray.conf", "")]);
+    let retrying = Graysplit::start(
+        &toml("retry_on_status = [503]"),
+        &[("base.conf", &lines), ("gray.conf", "")],
+    );
     let codes = futures_codes(&c, &retrying.url("/healthz"), 10).await;
     assert!(codes.iter().all(|&s| s == 200), "retried on b: {codes:?}");
     let (_, m) = get_text(retrying.admin_url("/metrics")).await;

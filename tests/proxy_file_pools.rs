@@ -146,8 +146,9 @@ async fn editing_the_pools_file_moves_traffic_within_two_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_pools_line_is_reported_and_the_rest_keeps_serving() {
+async fn a_bad_pools_line_is_reported_and_a_broken_edit_is_never_applied() {
     let (a, b) = (Upstream::start("base"), Upstream::start("base"));
+    // At startup there is nothing to keep: the good line serves, the bad ones are logged.
     let g = start(&format!(
         "{}\nserver 127.0.0.1:notaport weight=1;\n{}\n",
         a.line(""),
@@ -164,6 +165,24 @@ async fn a_bad_pools_line_is_reported_and_the_rest_keeps_serving() {
         log.contains("line 3:") && log.contains("weight=banana"),
         "{log}"
     );
+    // Fixed: both serve.
+    g.write_file("base.conf", &format!("{}\n{}\n", a.line(""), b.line("")));
+    eventually(
+        Duration::from_secs(5),
+        "the fixed file to apply",
+        || async { (spread(&g, 10).await.len() == 2).then_some(()) },
+    )
+    .await;
+    // An edit that loses a line (b's line cut off, as a writer that died would leave it) is
+    // never applied: both keep serving, and the log says why.
+    g.write_file("base.conf", &format!("{}\nserver 127.0", a.line("")));
+    eventually(
+        Duration::from_secs(5),
+        "the broken edit to be refused",
+        || async { g.log().contains("not applied").then_some(()) },
+    )
+    .await;
+    assert_eq!(spread(&g, 10).await.len(), 2, "the last good list stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::consul::{ConsulStandIn, Fault};
 use common::proc::{Graysplit, ServerOptions};
 use common::upstream::Upstream;
 use common::{eventually, static_dir};
@@ -336,6 +337,120 @@ async fn graceful_upgrade_under_load_loses_nothing() {
         .expect("text");
     assert_eq!(pools_after, pools_before);
     assert_eq!(asset_reason(&g, &asset, &pin).await, "sticky");
+    assert!(a.hits() > 0 && b.hits() > 0);
+}
+
+/// Runs `rounds` upgrades of `g` under the load of [`start_load`] and asserts no request
+/// failed; returns the requests answered.
+async fn upgrades_under_load(g: &mut Graysplit, rounds: usize, what: &str) -> u64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    counts.since_start();
+    let load = start_load(g.url(""), targets(), 6, 2, stop.clone(), counts.clone());
+    eventually(Duration::from_secs(10), "the load to get going", || {
+        let n = counts.ok.load(Ordering::Relaxed);
+        async move { (n >= 200).then_some(()) }
+    })
+    .await;
+    for n in 1..=rounds {
+        let round = upgrade(g, n, &counts).await;
+        assert!(round.old_served > 0 && round.new_served > 0);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.expect("load task");
+    }
+    let (ok, failed) = (
+        counts.ok.load(Ordering::Relaxed),
+        counts.failed.load(Ordering::Relaxed),
+    );
+    println!("{what}: {ok} requests, {failed} failed");
+    assert_eq!(
+        failed,
+        0,
+        "{what}: failed requests: {:#?}",
+        counts.failures.lock().expect("lock")
+    );
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_while_consul_hangs_loses_nothing() {
+    let consul = ConsulStandIn::start();
+    let (a, b) = (Upstream::start("base"), Upstream::start("base"));
+    for u in [&a, &b] {
+        consul.put(
+            &format!("upstreams/base/{}", u.addr),
+            r#"{"build":"base-1"}"#,
+        );
+    }
+    // strong_dependency: without -u the process refuses to start unless Consul answers; under
+    // -u it must not wait for Consul at all (the sockets are handed over meanwhile).
+    let toml = format!(
+        "[consul]\naddresses = [\"{}\"]\nwait = \"2s\"\nstrong_dependency = true\n\
+         [pools.base]\nconsul_prefix = \"upstreams/base/\"\ndump_path = \"base.dump\"\n",
+        consul.url()
+    );
+    let mut g = Graysplit::start_with(&pin_options(), &toml, &[]);
+    eventually(Duration::from_secs(10), "the dump to be written", || {
+        let dumped = std::fs::read_to_string(g.path("base.dump")).unwrap_or_default();
+        let both = dumped.contains(&a.addr.to_string()) && dumped.contains(&b.addr.to_string());
+        async move { both.then_some(()) }
+    })
+    .await;
+    consul.set_fault(Fault::Hang);
+    upgrades_under_load(&mut g, 1, "upgrade while Consul hangs").await;
+    assert!(
+        g.log()
+            .contains("strong_dependency is not waited for on an upgrade"),
+        "{}",
+        g.log()
+    );
+    // Consul answers again: the new process follows it.
+    consul.set_fault(Fault::None);
+    let c = Upstream::start("base");
+    consul.put(
+        &format!("upstreams/base/{}", c.addr),
+        r#"{"build":"base-1"}"#,
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the next Consul change",
+        || async {
+            let list = common::client()
+                .get(g.admin_url("/upstream_list"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            list.contains(&c.addr.to_string()).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_while_a_pools_file_hostname_does_not_resolve_loses_nothing() {
+    let (a, b) = (Upstream::start("base"), Upstream::start("base"));
+    // `.invalid` never resolves (RFC 6761); the other two servers must serve throughout.
+    let base = format!(
+        "{}\nserver frontend-3.invalid:8080;\n{}\n",
+        a.line(""),
+        b.line("")
+    );
+    let mut g = Graysplit::start_with(
+        &pin_options(),
+        "[pools.base]\nfile = \"base.conf\"\n",
+        &[("base.conf", &base)],
+    );
+    upgrades_under_load(&mut g, 1, "upgrade with an unresolvable pools-file name").await;
+    let log = g.log();
+    assert!(
+        log.contains("frontend-3.invalid:8080") && log.contains("skipped until it resolves"),
+        "{log}"
+    );
     assert!(a.hits() > 0 && b.hits() > 0);
 }
 

@@ -74,6 +74,8 @@ pub struct UpstreamSection {
     pub keepalive_pool_size: usize,
     pub tries: usize,
     pub host_header: String,
+    /// Host sent upstream when the client sent none; "" = the server's address.
+    pub default_host: String,
     pub fail_on_status: Vec<u16>,
     pub retry_on_status: Vec<u16>,
 }
@@ -88,6 +90,7 @@ impl Default for UpstreamSection {
             keepalive_pool_size: 128,
             tries: 2,
             host_header: "host".into(),
+            default_host: String::new(),
             fail_on_status: super::health::DEFAULT_FAIL_ON_STATUS.to_vec(),
             retry_on_status: Vec::new(),
         }
@@ -106,6 +109,8 @@ pub struct ConsulSection {
     pub strong_dependency: bool,
     /// `None` means "the minimum": wait + wait/16 + a margin.
     pub timeout: Option<String>,
+    /// Longest wait between two polls while Consul fails.
+    pub max_backoff: String,
 }
 
 impl Default for ConsulSection {
@@ -117,6 +122,7 @@ impl Default for ConsulSection {
             interval: "500ms".into(),
             strong_dependency: false,
             timeout: None,
+            max_backoff: "2s".into(),
         }
     }
 }
@@ -130,6 +136,7 @@ impl std::fmt::Debug for ConsulSection {
             .field("interval", &self.interval)
             .field("strong_dependency", &self.strong_dependency)
             .field("timeout", &self.timeout)
+            .field("max_backoff", &self.max_backoff)
             .finish()
     }
 }

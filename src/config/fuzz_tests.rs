@@ -33,6 +33,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "keepalive_pool_size",
             "tries",
             "host_header",
+            "default_host",
             "fail_on_status",
             "retry_on_status",
         ],
@@ -46,6 +47,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "interval",
             "strong_dependency",
             "timeout",
+            "max_backoff",
         ],
     ),
     ("health", HEALTH),
@@ -101,7 +103,16 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("gray.headers.gray", &["a", "x-color"]),
-    ("[routes]", &["prefix", "pool"]),
+    (
+        "[routes]",
+        &[
+            "prefix",
+            "pool",
+            "connect_timeout",
+            "read_timeout",
+            "write_timeout",
+        ],
+    ),
     (
         "pin",
         &[

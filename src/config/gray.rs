@@ -16,6 +16,7 @@ use crate::gray::rules::{self, Match, Rule, Source};
 use crate::gray::salt::{self, Salt};
 use crate::gray::switches::percent_to_bp;
 use crate::gray::GraySettings;
+use crate::routes::{Route, RouteTimeouts};
 
 #[derive(Debug, Deserialize)]
 #[serde(default)]
@@ -108,7 +109,12 @@ pub struct RuleSection {
 #[serde(default)]
 pub struct RouteSection {
     pub prefix: String,
-    pub pool: String,
+    /// A pass-through pool; absent: the decided pool, with this route's timeouts.
+    pub pool: Option<String>,
+    /// Per-route `[upstream]` timeouts (nginx: `proxy_*_timeout` inside a `location`).
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub write_timeout: Option<String>,
 }
 
 impl Validator<'_> {
@@ -278,20 +284,48 @@ impl Validator<'_> {
         out
     }
 
-    fn routes(
-        &mut self,
-        raw: &[RouteSection],
-        pools: &BTreeMap<String, PoolConfig>,
-    ) -> Vec<(String, Arc<str>)> {
+    fn routes(&mut self, raw: &[RouteSection], pools: &BTreeMap<String, PoolConfig>) -> Vec<Route> {
         let mut out = Vec::new();
         for (i, r) in raw.iter().enumerate() {
             let key = format!("routes[{i}]");
+            let mut ok = true;
             if !r.prefix.starts_with('/') {
                 self.error(&format!("{key}.prefix"), &r.prefix, "must start with '/'");
-                continue;
+                ok = false;
             }
-            if self.pool_exists(&format!("{key}.pool"), &r.pool, pools) {
-                out.push((r.prefix.clone(), Arc::from(r.pool.as_str())));
+            let pool = match &r.pool {
+                Some(p) if self.pool_exists(&format!("{key}.pool"), p, pools) => {
+                    Some(Arc::from(p.as_str()))
+                }
+                Some(_) => {
+                    ok = false;
+                    None
+                }
+                None => None,
+            };
+            let mut timeout = |name: &str, v: &Option<String>| {
+                v.as_deref()
+                    .map(|v| self.positive_duration(&format!("{key}.{name}"), v))
+            };
+            let timeouts = RouteTimeouts {
+                connect: timeout("connect_timeout", &r.connect_timeout),
+                read: timeout("read_timeout", &r.read_timeout),
+                write: timeout("write_timeout", &r.write_timeout),
+            };
+            if pool.is_none() && r.pool.is_none() && timeouts.is_empty() {
+                self.error_no_value(
+                    &key,
+                    "does nothing: set `pool` (a pass-through pool) and/or a timeout \
+                     (connect_timeout, read_timeout, write_timeout)",
+                );
+                ok = false;
+            }
+            if ok {
+                out.push(Route {
+                    prefix: r.prefix.clone(),
+                    pool,
+                    timeouts,
+                });
             }
         }
         out
@@ -385,6 +419,43 @@ mod tests {
             "gray.rules[1].pool = \"nope\": no such pool (configured: base, gray)",
             "gray.headers.grey = \"grey\": no such pool",
             "routes[0].prefix = \"api\": must start with '/'",
+        ] {
+            assert!(
+                e.iter().any(|m| m.starts_with(want)),
+                "missing {want:?} in {e:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn routes_take_a_pool_and_or_timeouts() {
+        let c = Config::from_toml(
+            &format!(
+                "{POOLS}[[routes]]\nprefix = \"/ws/\"\nread_timeout = \"1h\"\n\
+                 [[routes]]\nprefix = \"/api/\"\npool = \"gray\"\nconnect_timeout = \"200ms\"\n"
+            ),
+            Path::new("/x/g.toml"),
+        )
+        .unwrap();
+        let r = &c.gray.routes;
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].pool.as_deref(), r[0].timeouts.read),
+            (None, Some(std::time::Duration::from_secs(3600)))
+        );
+        assert_eq!(r[1].pool.as_deref(), Some("gray"));
+        assert_eq!(
+            r[1].timeouts.connect,
+            Some(std::time::Duration::from_millis(200))
+        );
+        let e = errors(
+            "[[routes]]\nprefix = \"/x/\"\n[[routes]]\nprefix = \"/y/\"\nread_timeout = \"0s\"\n\
+             write_timeout = \"soon\"\n",
+        );
+        for want in [
+            "routes[0]: does nothing",
+            "routes[1].read_timeout = \"0s\": must be greater than zero",
+            "routes[1].write_timeout = \"soon\": must be a number with a unit",
         ] {
             assert!(
                 e.iter().any(|m| m.starts_with(want)),

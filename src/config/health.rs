@@ -120,8 +120,10 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Upper bound of `rise` and `fall`: larger values only mean "never flips".
 pub const MAX_THRESHOLD: u32 = 1000;
 
-/// Upstream statuses counted as passive failures unless `upstream.fail_on_status` says otherwise.
-pub const DEFAULT_FAIL_ON_STATUS: [u16; 3] = [502, 503, 504];
+/// Upstream statuses counted as passive failures unless `upstream.fail_on_status` says otherwise:
+/// none, as nginx's default `proxy_next_upstream error timeout` — an application's deliberate 503
+/// (a maintenance page, a rate limit) never ejects a server.
+pub const DEFAULT_FAIL_ON_STATUS: [u16; 0] = [];
 
 /// Resolves one health section: keys set in `section` (reported under `prefix`), the rest from
 /// `fallback`. Problems are appended to `errors`.
@@ -320,7 +322,10 @@ mod tests {
             (h.method.as_str(), h.path.as_str(), &h.host),
             ("HEAD", "/", &None)
         );
-        assert_eq!(c.upstream.fail_on_status, vec![502, 503, 504]);
+        assert!(
+            c.upstream.fail_on_status.is_empty(),
+            "nginx's default: only errors and timeouts count"
+        );
         assert!(c.upstream.retry_on_status.is_empty());
     }
 

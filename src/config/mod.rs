@@ -122,7 +122,10 @@ pub struct UpstreamConfig {
     pub keepalive_pool_size: usize,
     pub tries: usize,
     pub host_header: HostHeader,
-    /// Upstream statuses counted as passive failures (default 502, 503, 504).
+    /// `Host` sent upstream for a request that has none (an HTTP/1.0 probe), like nginx's
+    /// `server_name` behind `$host`; `None`: the server's address as written in the pool.
+    pub default_host: Option<String>,
+    /// Upstream statuses counted as passive failures (default none: only errors and timeouts).
     pub fail_on_status: Vec<u16>,
     /// Upstream statuses on which a GET or HEAD is retried on another server (default none).
     pub retry_on_status: Vec<u16>,
@@ -141,6 +144,9 @@ pub const CONSUL_TIMEOUT_MARGIN: Duration = Duration::from_secs(3);
 
 /// Consul caps `?wait=` at 10 minutes; longer values would only be cut silently.
 pub const CONSUL_MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// Upper bound of `consul.max_backoff`.
+pub const CONSUL_MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// The smallest client timeout that never cuts a healthy blocking query short.
 pub fn consul_min_timeout(wait: Duration) -> Duration {
@@ -161,6 +167,9 @@ pub struct ConsulConfig {
     pub strong_dependency: bool,
     /// Client timeout of one poll; at least [`consul_min_timeout`].
     pub timeout: Duration,
+    /// Cap of the jittered backoff between polls while Consul fails: after Consul answers
+    /// again, the next change applies within about this long.
+    pub max_backoff: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -423,6 +432,7 @@ impl Validator<'_> {
             keepalive_pool_size: u.keepalive_pool_size,
             tries: u.tries,
             host_header,
+            default_host: self.default_host(&u.default_host),
             fail_on_status: health::statuses(
                 &mut self.errors,
                 "upstream.fail_on_status",
@@ -434,6 +444,26 @@ impl Validator<'_> {
                 &u.retry_on_status,
             ),
         }
+    }
+
+    /// A host name or `host:port` (or `[v6]:port`), sent as a header value.
+    fn default_host(&mut self, value: &str) -> Option<String> {
+        if value.is_empty() {
+            return None;
+        }
+        let ok = value.len() <= 255
+            && value.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+            });
+        if !ok {
+            self.error(
+                "upstream.default_host",
+                value,
+                "must be a host name such as \"www.example.com\" (optionally with :port)",
+            );
+            return None;
+        }
+        Some(value.to_string())
     }
 
     fn consul(&mut self, c: &file::ConsulSection) -> ConsulConfig {
@@ -472,6 +502,15 @@ impl Validator<'_> {
                 timeout.max(min_timeout)
             }
         };
+        let max_backoff = self.positive_duration("consul.max_backoff", &c.max_backoff);
+        if max_backoff > CONSUL_MAX_BACKOFF {
+            self.error(
+                "consul.max_backoff",
+                &c.max_backoff,
+                "must be at most 5m (a longer backoff only delays the next change after Consul \
+                 recovers)",
+            );
+        }
         ConsulConfig {
             addresses,
             token: self.consul_token(c.token.as_deref()),
@@ -479,6 +518,7 @@ impl Validator<'_> {
             interval,
             strong_dependency: c.strong_dependency,
             timeout,
+            max_backoff,
         }
     }
 

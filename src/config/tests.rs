@@ -421,9 +421,52 @@ fn documented_consul_keys_are_valid_and_are_the_defaults() {
     let (d, k) = (&documented.consul, &defaults.consul);
     assert_eq!(d.addresses, k.addresses);
     assert_eq!(
-        (d.wait, d.interval, d.timeout, d.strong_dependency),
-        (k.wait, k.interval, k.timeout, k.strong_dependency),
+        (
+            d.wait,
+            d.interval,
+            d.timeout,
+            d.strong_dependency,
+            d.max_backoff
+        ),
+        (
+            k.wait,
+            k.interval,
+            k.timeout,
+            k.strong_dependency,
+            k.max_backoff
+        ),
         "conf/graysplit.toml documents the defaults"
     );
     assert!(d.token.is_none());
+}
+
+#[test]
+fn failure_semantics_keys_have_their_defaults_and_rules() {
+    let c = load_env(CONSUL, None).unwrap();
+    assert_eq!(c.consul.max_backoff, Duration::from_secs(2));
+    assert_eq!(c.upstream.default_host, None);
+    assert!(c.upstream.fail_on_status.is_empty());
+    let c = load(&format!(
+        "{MINIMAL}[upstream]\ndefault_host = \"www.example.com:8080\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.upstream.default_host.as_deref(),
+        Some("www.example.com:8080")
+    );
+    let e = errors(&format!(
+        "{MINIMAL}[upstream]\ndefault_host = \"a b\"\n[consul]\nmax_backoff = \"0s\"\n"
+    ));
+    for want in [
+        "upstream.default_host = \"a b\": must be a host name",
+        "consul.max_backoff = \"0s\": must be greater than zero",
+    ] {
+        assert!(e.iter().any(|m| m.starts_with(want)), "{want:?} in {e:#?}");
+    }
+    let e = errors(&format!("{MINIMAL}[consul]\nmax_backoff = \"10m\"\n"));
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("consul.max_backoff = \"10m\": must be at most 5m")),
+        "{e:#?}"
+    );
 }

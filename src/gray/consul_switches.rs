@@ -108,7 +108,7 @@ impl ConsulSwitches {
             return;
         }
         let (mut index, mut turn, mut backoff, mut failing) =
-            (0u64, 0usize, Backoff::default(), false);
+            (0u64, 0usize, Backoff::new(self.client.max_backoff()), false);
         loop {
             let address = &addresses[turn % addresses.len()];
             let started = tokio::time::Instant::now();

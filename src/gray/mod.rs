@@ -42,8 +42,9 @@ pub struct GraySettings {
     pub rules: Vec<Rule>,
     /// Headers set on proxied requests, by pool name.
     pub headers: HashMap<String, Vec<(HeaderName, HeaderValue)>>,
-    /// Path prefix → pool, for pass-through routes (e.g. `/api/` → `gateway`).
-    pub routes: Vec<(String, Arc<str>)>,
+    /// `[[routes]]`: path prefixes with a pass-through pool (e.g. `/api/` → `gateway`) and/or
+    /// their own upstream timeouts, first match wins.
+    pub routes: Vec<crate::routes::Route>,
     pub whitelist_file: Option<PathBuf>,
     pub switches_file: Option<PathBuf>,
     /// KV folder holding `enabled`, `all`, `percent` (e.g. `graysplit/gray/`).
@@ -226,13 +227,14 @@ impl GrayEngine {
         }
     }
 
-    /// The pass-through pool for a path, if a route matches.
+    /// The pass-through pool for a path, if the route that matches names one.
     pub fn route(&self, path: &str) -> Option<&Arc<str>> {
-        self.settings
-            .routes
-            .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-            .map(|(_, pool)| pool)
+        self.route_for(path)?.pool.as_ref()
+    }
+
+    /// The route that applies to a path (its pool and timeouts), if any.
+    pub fn route_for(&self, path: &str) -> Option<&crate::routes::Route> {
+        crate::routes::matching(&self.settings.routes, path)
     }
 
     /// Header names to remove from the client's request before adding ours.

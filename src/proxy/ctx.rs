@@ -42,6 +42,8 @@ pub struct RequestCtx {
     pub sticky: bool,
     /// A pass-through route chose the pool (never pinned, never falls back).
     pub routed: bool,
+    /// The matching route's upstream timeouts (none: `[upstream]`'s).
+    pub timeouts: crate::routes::RouteTimeouts,
     /// The current attempt is the one asset-miss retry on another build.
     pub miss_retry: bool,
     /// What happened to the pin on this response (`new`, `changed`, …), for the access log.
@@ -86,6 +88,7 @@ impl Default for RequestCtx {
             pin: None,
             sticky: false,
             routed: false,
+            timeouts: crate::routes::RouteTimeouts::default(),
             miss_retry: false,
             pin_event: None,
             request_id: None,

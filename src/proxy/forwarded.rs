@@ -10,6 +10,8 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
+use crate::config::HostHeader;
+
 /// nginx's `$host`: the request's host name, lower-cased, without the port. `None` when the
 /// request carries no usable host (nginx would then use `server_name`; we leave Host untouched).
 pub fn host_without_port(host_header: &str) -> Option<String> {
@@ -31,6 +33,37 @@ pub fn host_without_port(host_header: &str) -> Option<String> {
         return None;
     }
     Some(name.to_ascii_lowercase())
+}
+
+/// The `Host` to set on the proxied request; `None` leaves the client's untouched.
+///
+/// `client` is the client's `Host` header, `uri_host` the host of an absolute request target.
+/// A request without either (an HTTP/1.0 probe: `HEAD / HTTP/1.0`) still gets one, because the
+/// upstream request goes out as HTTP/1.1 and a strict server (nginx) answers 400 to HTTP/1.1
+/// without `Host`: `upstream.default_host` (nginx's `server_name` behind `$host`), else the
+/// server's address as written in the pool.
+pub fn upstream_host(
+    mode: HostHeader,
+    client: Option<&str>,
+    uri_host: Option<&str>,
+    default_host: Option<&str>,
+    server: &str,
+) -> Option<String> {
+    let fallback = || default_host.unwrap_or(server).to_string();
+    let host = match mode {
+        HostHeader::Host => Some(
+            client
+                .or(uri_host)
+                .and_then(host_without_port)
+                .unwrap_or_else(fallback),
+        ),
+        HostHeader::HttpHost => match client.filter(|h| !h.trim().is_empty()) {
+            Some(_) => None,
+            None => Some(uri_host.map_or_else(fallback, str::to_string)),
+        },
+        HostHeader::Upstream => Some(server.to_string()),
+    };
+    host.filter(|h| !h.is_empty())
 }
 
 /// nginx's `$proxy_add_x_forwarded_for`: the client's `X-Forwarded-For` with the peer appended.
@@ -69,6 +102,45 @@ pub fn canonical_net(net: IpNet) -> IpNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_without_host_still_sends_one_upstream() {
+        use HostHeader::*;
+        let server = "10.0.0.1:8080";
+        let host = |mode, client, uri, default| upstream_host(mode, client, uri, default, server);
+        assert_eq!(
+            host(Host, Some("Shop.example:81"), None, None).as_deref(),
+            Some("shop.example")
+        );
+        assert_eq!(
+            host(Host, None, Some("a.example"), None).as_deref(),
+            Some("a.example")
+        );
+        assert_eq!(
+            host(Host, None, None, None).as_deref(),
+            Some(server),
+            "HTTP/1.0 probe"
+        );
+        assert_eq!(host(Host, Some("  "), None, None).as_deref(), Some(server));
+        assert_eq!(
+            host(Host, None, None, Some("www.example.com")).as_deref(),
+            Some("www.example.com"),
+            "like nginx's server_name"
+        );
+        assert_eq!(
+            host(HttpHost, Some("A.example:81"), None, None),
+            None,
+            "passed as sent"
+        );
+        assert_eq!(
+            host(HttpHost, None, None, Some("d.example")).as_deref(),
+            Some("d.example")
+        );
+        assert_eq!(
+            host(Upstream, Some("a.example"), None, None).as_deref(),
+            Some(server)
+        );
+    }
 
     #[test]
     fn host_drops_port_and_case_like_nginx() {

@@ -42,11 +42,12 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::config::{HostHeader, UpstreamConfig, BASE_POOL};
+use crate::config::{UpstreamConfig, BASE_POOL};
 use crate::gray::decision::Target;
 use crate::gray::GrayEngine;
 use crate::metrics::{by_build, FailKind, Metrics};
 use crate::pin::Pinner;
+use crate::routes::RouteTimeouts;
 use crate::upstream::in_flight::InFlight;
 use crate::upstream::pool::Pool;
 use crate::upstream::Pools;
@@ -110,12 +111,13 @@ impl GraySplit {
         (name, pool)
     }
 
-    fn peer_for(&self, server: &crate::upstream::server::Server) -> HttpPeer {
+    /// The peer for one attempt: `[upstream]`'s timeouts, or the matching route's.
+    fn peer_for(&self, server: &crate::upstream::server::Server, route: RouteTimeouts) -> HttpPeer {
         let u = &self.settings.upstream;
         let mut peer = HttpPeer::new(server.spec.addr, false, String::new());
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.write_timeout = Some(u.write_timeout);
+        peer.options.connection_timeout = Some(route.connect.unwrap_or(u.connect_timeout));
+        peer.options.read_timeout = Some(route.read.unwrap_or(u.read_timeout));
+        peer.options.write_timeout = Some(route.write.unwrap_or(u.write_timeout));
         // Upstream keep-alive: idle pooled connections live this long (None = until closed).
         peer.options.idle_timeout = (!u.idle_timeout.is_zero()).then_some(u.idle_timeout);
         peer
@@ -131,8 +133,12 @@ impl ProxyHttp for GraySplit {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
-        // Pingora keeps idle client connections forever by default; nginx's keepalive_timeout.
-        session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs().max(1)));
+        // Pingora keeps idle client connections forever by default; nginx's keepalive_timeout,
+        // for connections the client keeps alive (HTTP/1.1, or 1.0 with `Connection:
+        // keep-alive`). An HTTP/1.0 probe or `Connection: close` is answered and closed.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs().max(1)));
+        }
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -160,9 +166,12 @@ impl ProxyHttp for GraySplit {
             .await;
         let decision = self.with_pin_scope(&pin_use, decision);
         let (decided, mut pool) = self.pool_of(&decision.target);
-        if let Some(route) = self.gray.route(req.uri.path()) {
-            pool = self.pools.get(route).cloned().unwrap_or(pool);
-            ctx.routed = true;
+        if let Some(route) = self.gray.route_for(req.uri.path()) {
+            if let Some(name) = &route.pool {
+                pool = self.pools.get(name).cloned().unwrap_or(pool);
+                ctx.routed = true;
+            }
+            ctx.timeouts = route.timeouts;
         }
         ctx.pool = Some(pool);
         ctx.reason = decision.reason;
@@ -171,6 +180,11 @@ impl ProxyHttp for GraySplit {
         ctx.immutable = self.settings.cache.immutable(req.uri.path());
         ctx.decided = Some(decided);
         ctx.client = Some(client);
+        if let Some(read) = ctx.timeouts.read {
+            // The client side of an upgraded (WebSocket) or long-lived request idles as long as
+            // the upstream side may (Pingora's default is 60 s per read).
+            session.set_read_timeout(Some(read));
+        }
         Ok(false)
     }
 
@@ -212,7 +226,7 @@ impl ProxyHttp for GraySplit {
         ctx.attempt_failed = false;
         // Replacing the previous attempt's guard moves the count to this server.
         ctx.in_flight = Some(InFlight::start(&pick.server.health));
-        let peer = self.peer_for(&pick.server);
+        let peer = self.peer_for(&pick.server, ctx.timeouts);
         ctx.server = Some(pick.server);
         Ok(Box::new(peer))
     }
@@ -293,25 +307,21 @@ impl ProxyHttp for GraySplit {
         req: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        match self.settings.upstream.host_header {
-            HostHeader::Host => {
-                let host = session
-                    .req_header()
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .or_else(|| session.req_header().uri.host())
-                    .and_then(forwarded::host_without_port);
-                if let Some(host) = host {
-                    req.insert_header(http::header::HOST, host)?;
-                }
-            }
-            HostHeader::HttpHost => {}
-            HostHeader::Upstream => {
-                if let Some(server) = &ctx.server {
-                    req.insert_header(http::header::HOST, server.spec.name.as_str())?;
-                }
-            }
+        let u = &self.settings.upstream;
+        let client_host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let server = ctx.server.as_ref().map_or("", |s| s.spec.name.as_str());
+        if let Some(host) = forwarded::upstream_host(
+            u.host_header,
+            client_host,
+            session.req_header().uri.host(),
+            u.default_host.as_deref(),
+            server,
+        ) {
+            req.insert_header(http::header::HOST, host)?;
         }
         // The decision travels with the request (e.g. gray → `a: 1`) so the backend gateway routes
         // the whole chain; a client-sent copy must never choose for itself.

@@ -12,6 +12,10 @@
 //! - Such an error counts against the server once per attempt. A timeout always counts; a reset
 //!   or close on a *reused* keep-alive connection does not — that is usually the server closing
 //!   an idle connection at the wrong moment, not a sick server.
+//! - Nothing that happens after the response header went to the client counts or retries: an
+//!   idle WebSocket or SSE stream, a long-poll answer, a slow download hitting `read_timeout` is
+//!   the nature of that response, not a sick server (nginx, too, counts failures only where it
+//!   would try the next server).
 //! - An upstream status in `upstream.fail_on_status` counts against the server. A GET or HEAD
 //!   whose status is in `upstream.retry_on_status` is retried on another server when one is left
 //!   and `tries` allows — before anything was sent to the client (the decision is taken on the
@@ -29,10 +33,12 @@ use crate::metrics::FailKind;
 
 impl GraySplit {
     /// Counts the current attempt as a failure of its server; logs and counts an ejection.
+    /// A pool's only server is never counted against (nginx's single-server rule, pool.rs).
     pub(super) fn count_failure(&self, ctx: &mut RequestCtx, kind: FailKind, what: &str) {
         ctx.attempt_failed = true;
         let Some(server) = &ctx.server else { return };
-        let ejected = server.health.record_failure(&server.spec);
+        let counts = ctx.pool.as_ref().is_none_or(|p| p.counts_failures());
+        let ejected = counts && server.health.record_failure(&server.spec);
         if ejected {
             warn!(
                 "server {} ejected for {:?} after {} failure(s): {what}",
@@ -141,7 +147,7 @@ pub(super) struct Verdict {
 
 /// The policy of the module docs, as a pure function.
 pub(super) fn after_error(f: &ErrorFacts) -> Verdict {
-    let count = f.upstream && !f.counted && (f.timeout || !f.reused);
+    let count = f.upstream && !f.counted && !f.header_sent && (f.timeout || !f.reused);
     let retry = if !f.idempotent || !f.body_buffered || f.header_sent {
         false
     } else if f.status_error {
@@ -194,19 +200,23 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_retried_once_the_header_reached_the_client() {
-        let f = ErrorFacts {
-            header_sent: true,
-            decided: true,
-            ..reset_get()
-        };
-        assert_eq!(
-            after_error(&f),
-            Verdict {
-                count: true,
-                retry: false
-            }
-        );
+    fn nothing_is_retried_or_counted_once_the_header_reached_the_client() {
+        // An idle WebSocket, an SSE stream or a slow download meeting read_timeout.
+        for timeout in [true, false] {
+            let f = ErrorFacts {
+                header_sent: true,
+                decided: true,
+                timeout,
+                ..reset_get()
+            };
+            assert_eq!(
+                after_error(&f),
+                Verdict {
+                    count: false,
+                    retry: false
+                }
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,13 @@
 //! Servers marked `down` in their pool are not checked (as in the check module): they take no
 //! traffic anyway, may be under maintenance, and need `rise` passes once they are enabled again.
 //!
+//! A new server is checked back to back: its first checks run [`RISING_GAP`] apart (100 ms,
+//! or `interval` if shorter) until it is up or a check fails, so with `rise = 2` a server PUT
+//! into Consul takes traffic about 100 ms after it appears instead of one `interval`; after that
+//! (and after any failure) checks run every `interval`. Only a task's first streak is fast: a
+//! server that went down needs its `rise` passes at the normal pace, so a flapping server does not
+//! come back early.
+//!
 //! Warm start: at startup (and so after every graceful upgrade) the supervisor checks every
 //! server once and only then reports ready; the proxy depends on it. A server that passes this
 //! first check comes up at once, so a restart neither sends traffic to a server that was never
@@ -45,6 +52,8 @@ use crate::metrics::Metrics;
 
 /// How often the supervisor looks for added or removed servers.
 pub const RECONCILE: Duration = Duration::from_millis(100);
+/// Gap between the first checks of a new server, until it is up or one fails (module docs).
+pub const RISING_GAP: Duration = Duration::from_millis(100);
 /// Checks in flight at once, across all servers.
 pub const MAX_CONCURRENT_CHECKS: usize = 256;
 /// Extra wait beyond the longest check `timeout` before the warm start gives up waiting.
@@ -223,13 +232,14 @@ impl CheckTask {
         let request = probe::request(&settings, &self.target.name);
         // Warm start: the first pass alone brings the server up (see module doc).
         let mut warm = first_done.is_some();
-        // First check at once; later ones every `interval`, shifted by a small random phase so
-        // servers added together are not checked in lockstep forever.
+        // First check at once; then back to back while a new server rises; then every
+        // `interval`, shifted by a small random phase so servers added together are not checked
+        // in lockstep forever.
         let jitter = settings
             .interval
             .mul_f64(rand::thread_rng().gen_range(0.0..0.1));
         let mut next = Instant::now();
-        let mut first = true;
+        let mut rising = true;
         loop {
             let started = Instant::now();
             let result = {
@@ -246,12 +256,17 @@ impl CheckTask {
             let flip = health.record_check(result.is_ok(), rise, settings.fall);
             self.metrics.health_check(result.is_ok(), flip);
             self.log(&result, flip, &health);
+            let was_rising = rising;
+            rising = rising && result.is_ok() && !health.is_up();
             drop(health);
             drop(first_done.take());
-            next += settings.interval;
-            if first {
-                next += jitter;
-                first = false;
+            if rising {
+                next += RISING_GAP.min(settings.interval);
+            } else {
+                next += settings.interval;
+                if was_rising {
+                    next += jitter;
+                }
             }
             // A check slower than the interval: go again at once rather than pile up.
             if next < started {
@@ -386,6 +401,63 @@ mod tests {
         let h = pool.snapshot().servers[0].health.clone();
         wait_for("first pass", || h.is_up()).await;
         assert_eq!(h.checks(), 1, "up after one check: better than a 502");
+    }
+
+    #[tokio::test]
+    async fn a_new_server_is_checked_back_to_back_until_it_is_up() {
+        use std::sync::atomic::AtomicU16;
+        let (anchor, addr) = (
+            server(Arc::new(AtomicU16::new(200))).await,
+            server(Arc::new(AtomicU16::new(200))).await,
+        );
+        let pool = Arc::new(Pool::new("base", false, Arc::new(HealthTable::default())));
+        // A minute between checks: only the rising streak can bring it up within the test.
+        pool.set_checks(HealthSettings {
+            interval: Duration::from_secs(60),
+            rise: 3,
+            ..fast()
+        });
+        pool.replace(vec![ServerSpec::new(anchor, anchor.to_string())]);
+        pool.snapshot().servers[0].health.set_up(true);
+        pool.replace(vec![
+            ServerSpec::new(anchor, anchor.to_string()),
+            ServerSpec::new(addr, addr.to_string()),
+        ]);
+        let checker = HealthChecker::new(vec![pool.clone()], Arc::new(Metrics::new().unwrap()));
+        let mut running = HashMap::new();
+        checker.reconcile(&mut running, None);
+        let h = pool.snapshot().servers[1].health.clone();
+        wait_for("three back-to-back passes", || h.is_up()).await;
+        assert_eq!(h.checks(), 3, "up at exactly rise = 3 passes");
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_check_ends_the_fast_streak() {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        let anchor = server(Arc::new(AtomicU16::new(200))).await;
+        let status = Arc::new(AtomicU16::new(503));
+        let addr = server(status.clone()).await;
+        let pool = Arc::new(Pool::new("base", false, Arc::new(HealthTable::default())));
+        pool.set_checks(HealthSettings {
+            interval: Duration::from_secs(60),
+            ..fast()
+        });
+        pool.replace(vec![ServerSpec::new(anchor, anchor.to_string())]);
+        pool.snapshot().servers[0].health.set_up(true);
+        pool.replace(vec![
+            ServerSpec::new(anchor, anchor.to_string()),
+            ServerSpec::new(addr, addr.to_string()),
+        ]);
+        let checker = HealthChecker::new(vec![pool.clone()], Arc::new(Metrics::new().unwrap()));
+        let mut running = HashMap::new();
+        checker.reconcile(&mut running, None);
+        let h = pool.snapshot().servers[1].health.clone();
+        wait_for("the first check", || h.checks() == 1).await;
+        status.store(200, Ordering::Relaxed);
+        // Several rising gaps later, still one check: the next one is an interval away.
+        tokio::time::sleep(RISING_GAP * 5).await;
+        assert_eq!(h.checks(), 1);
+        assert!(!h.is_up());
     }
 
     #[tokio::test]

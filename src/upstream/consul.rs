@@ -16,14 +16,18 @@
 //!   jitter), so a healthy long-poll is never cut short; `interval` is the minimum gap between
 //!   two polls of a pool.
 //! - On errors: the next address (round robin), and after a whole round of failed addresses an
-//!   exponential backoff with full jitter (1 s doubling, capped at 30 s, reset on success).
+//!   exponential backoff with full jitter (250 ms doubling, capped at `consul.max_backoff`,
+//!   default 2 s, reset on success): once Consul answers again, the next change applies within
+//!   about `max_backoff`. A longer cap spares a struggling Consul little (a failed poll costs it
+//!   next to nothing) and costs every operator's next change its length.
+//! - TCP keep-alive on the connections, so a poll parked on a connection whose peer vanished
+//!   (a partition, a host gone) fails within about 25 s instead of waiting out `timeout`.
 //! - Never lose a pool: a 500, a garbage body, a hang, a dropped connection or a rewound index
 //!   leaves the pool as it is; an empty folder (404) only empties a pool with `allow_empty`.
 //! - After every change the pool is written to its dump file; at start the dump is loaded first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,26 +38,28 @@ use log::{debug, error, info, warn};
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
 use rand::Rng as _;
 use serde_json::json;
 
 use super::dump;
-use super::kv_value::{self, KvEntry, KvServer};
+use super::kv_value::{self, KvEntry};
 use super::pool::{Pool, Update};
-use super::upsync_format;
+use super::resolve;
 use crate::config::{duration, ConsulConfig, PoolConfig};
 
-/// First backoff step after a full round of failed addresses; doubles up to [`BACKOFF_MAX`].
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// First backoff step after a full round of failed addresses; doubles up to `max_backoff`.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// `consul.max_backoff` when not configured.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Keep-alive probes on Consul connections: idle time, interval, count (see module docs).
+const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(10), Duration::from_secs(5), 3);
 /// Consul agents are near; a longer connect wait only delays moving to the next address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Total time `strong_dependency` gives Consul at startup (upsync: 3 tries of 1 s).
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A KV answer larger than this is refused (upsync's buffer is 4 MiB); pools are small.
 const MAX_BODY: usize = 16 << 20;
-/// A hostname key that takes longer than this to resolve is treated as unresolvable this time.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The HTTP side: one client (connection pool) shared by every pool's watcher.
 pub struct ConsulClient {
@@ -75,6 +81,9 @@ impl ConsulClient {
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(CONNECT_TIMEOUT.min(cfg.timeout))
+            .tcp_keepalive(KEEPALIVE.0)
+            .tcp_keepalive_interval(KEEPALIVE.1)
+            .tcp_keepalive_retries(KEEPALIVE.2)
             // Consul is reached directly, as upsync does; an HTTP(S)_PROXY set for other tools
             // must not silently sit between us and our service discovery.
             .no_proxy()
@@ -89,6 +98,11 @@ impl ConsulClient {
 
     pub fn addresses(&self) -> &[String] {
         &self.cfg.addresses
+    }
+
+    /// The cap of the backoff while Consul fails (`consul.max_backoff`).
+    pub fn max_backoff(&self) -> Duration {
+        self.cfg.max_backoff
     }
 
     /// One query. `index = 0` answers at once; otherwise Consul holds it up to `wait`.
@@ -179,17 +193,33 @@ pub fn next_index(previous: u64, returned: i64) -> u64 {
 }
 
 /// Exponential backoff with full jitter (AWS architecture blog's "Full Jitter").
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Backoff {
     failures: u32,
+    max: Duration,
+}
+
+impl Default for Backoff {
+    /// Capped at `consul.max_backoff`'s default (2 s).
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_BACKOFF)
+    }
 }
 
 impl Backoff {
-    /// The cap of the next delay: 1 s, 2 s, 4 s, ... 30 s.
+    /// Delays capped at `max` (at least the first step).
+    pub fn new(max: Duration) -> Self {
+        Self {
+            failures: 0,
+            max: max.max(BACKOFF_BASE),
+        }
+    }
+
+    /// The cap of the next delay: 250 ms, 500 ms, 1 s, ... `max`.
     pub fn ceiling(&self) -> Duration {
         BACKOFF_BASE
             .saturating_mul(1u32 << self.failures.min(16))
-            .min(BACKOFF_MAX)
+            .min(self.max)
     }
 
     /// A random delay in `0..=ceiling`, and one step further.
@@ -329,9 +359,13 @@ impl PoolWatcher {
     }
 
     /// Loads the dump into the pool (startup, before serving). Problems are logged, never fatal:
-    /// the pool then waits for Consul.
-    pub fn load_dump(&self) {
+    /// the pool then waits for Consul. Skipped when Consul's own answer is in already
+    /// (`strong_dependency`).
+    pub async fn load_dump(&self) {
         let name = &self.pool.name;
+        if self.state.lock().servers_from == "consul" {
+            return;
+        }
         let Some(path) = &self.dump_path else {
             info!(
                 "pool {name}: no dump_path, so the pool is empty until Consul answers \
@@ -339,28 +373,39 @@ impl PoolWatcher {
             );
             return;
         };
-        match dump::load(path) {
-            Ok(None) => info!(
-                "pool {name}: no dump at {} yet; the pool is empty until Consul answers",
-                path.display()
-            ),
-            Err(e) => warn!(
-                "pool {name}: cannot read the dump {}: {e}; the pool is empty until Consul answers",
-                path.display()
-            ),
-            Ok(Some(parsed)) => {
-                for e in &parsed.errors {
-                    warn!("pool {name}: dump {}: {e}; line skipped", path.display());
-                }
-                let n = parsed.servers.len();
-                self.pool.replace(parsed.servers);
-                self.state.lock().servers_from = "dump";
+        let text = match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 info!(
-                    "pool {name}: {n} server(s) from the dump {} until Consul answers",
+                    "pool {name}: no dump at {} yet; the pool is empty until Consul answers",
                     path.display()
                 );
+                return;
             }
+            Err(e) => {
+                warn!(
+                    "pool {name}: cannot read the dump {}: {e}; the pool is empty until Consul \
+                     answers",
+                    path.display()
+                );
+                return;
+            }
+            Ok(text) => text,
+        };
+        // Host names in the dump are looked up within a short budget, off the async threads;
+        // one that does not answer waits for Consul.
+        let names = resolve::names_and_syntax(&text).names;
+        let resolved = resolve::lookup(&names, resolve::STARTUP_BUDGET).await;
+        let parsed = resolve::parse_resolved(&text, &resolved, &[]).parsed;
+        for e in &parsed.errors {
+            warn!("pool {name}: dump {}: {e}; line skipped", path.display());
         }
+        let n = parsed.servers.len();
+        self.pool.replace(parsed.servers);
+        self.state.lock().servers_from = "dump";
+        info!(
+            "pool {name}: {n} server(s) from the dump {} until Consul answers",
+            path.display()
+        );
     }
 
     /// Applies one answer: skips it when nothing changed, else resolves, replaces the pool,
@@ -374,7 +419,8 @@ impl PoolWatcher {
         }
         let name = &self.pool.name;
         let (servers, skipped) = kv_value::servers(&self.prefix, &entries);
-        let resolved = resolve_all(&servers).await;
+        let names: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
+        let resolved = resolve::lookup(&names, resolve::TIMEOUT).await;
         let previous = self.pool.snapshot().specs();
         let (specs, problems) = kv_value::specs(&servers, &resolved, &previous);
         for p in skipped.iter().chain(&problems) {
@@ -526,7 +572,7 @@ impl PoolWatcher {
         }
         let mut at = 0usize;
         let mut index = 0u64;
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(client.cfg.max_backoff);
         let mut failures_in_row = 0usize;
         let mut next_poll = tokio::time::Instant::now();
         loop {
@@ -600,33 +646,6 @@ impl PoolWatcher {
     }
 }
 
-/// Resolves every server name: literals at once, hostnames off the async threads.
-async fn resolve_all(servers: &[KvServer]) -> HashMap<String, Result<SocketAddr, String>> {
-    let mut out = HashMap::new();
-    for s in servers {
-        if out.contains_key(&s.name) {
-            continue;
-        }
-        let result = match s.name.parse::<SocketAddr>() {
-            Ok(addr) => Ok(addr),
-            Err(_) => {
-                let name = s.name.clone();
-                let lookup = tokio::task::spawn_blocking(move || upsync_format::resolve(&name));
-                match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!(
-                        "resolving {:?} took longer than {RESOLVE_TIMEOUT:?}",
-                        s.name
-                    )),
-                }
-            }
-        };
-        out.insert(s.name.clone(), result);
-    }
-    out
-}
-
 /// Every Consul pool of a configuration, ready to run: dumps loaded, and (with
 /// `strong_dependency`) a first answer from Consul applied.
 pub struct ConsulSource {
@@ -636,7 +655,7 @@ pub struct ConsulSource {
 }
 
 impl ConsulSource {
-    /// Builds the watchers and loads each pool's dump. `pools` yields (config, pool) for the
+    /// Builds the watchers (nothing read or fetched yet). `pools` yields (config, pool) for the
     /// Consul pools.
     pub fn new<'a>(
         cfg: &ConsulConfig,
@@ -650,7 +669,6 @@ impl ConsulSource {
                 continue;
             };
             let w = Arc::new(PoolWatcher::new(pool, prefix.clone(), p.dump_path.clone()));
-            w.load_dump();
             status.pools.insert(p.name.clone(), w.state.clone());
             watchers.push(w);
         }
@@ -702,7 +720,9 @@ impl ConsulSource {
     }
 }
 
-/// The background service running every pool's poll loop (one task per pool).
+/// The background service running every pool's poll loop (one task per pool). It loads each
+/// pool's dump first and is ready then, so the health checks (and so the proxy) start with the
+/// dumps' servers in place, traffic flowing before Consul answers.
 pub struct ConsulWatcher {
     pub client: Arc<ConsulClient>,
     pub watchers: Vec<Arc<PoolWatcher>>,
@@ -710,7 +730,15 @@ pub struct ConsulWatcher {
 
 #[async_trait]
 impl BackgroundService for ConsulWatcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        for w in &self.watchers {
+            w.load_dump().await;
+        }
+        ready.notify_ready();
         let mut tasks = tokio::task::JoinSet::new();
         let mut by_task = HashMap::new();
         for (i, w) in self.watchers.iter().enumerate() {
@@ -757,25 +785,32 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_a_cap_with_full_jitter_and_resets() {
-        let mut b = Backoff::default();
-        let caps: Vec<u64> = (0..8)
+        let max = Duration::from_secs(2);
+        let mut b = Backoff::new(max);
+        let caps: Vec<u128> = (0..7)
             .map(|_| {
                 let cap = b.ceiling();
                 let d = b.next_delay();
                 assert!(d <= cap, "{d:?} above {cap:?}");
-                cap.as_secs()
+                cap.as_millis()
             })
             .collect();
-        assert_eq!(caps, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(caps, vec![250, 500, 1000, 2000, 2000, 2000, 2000]);
         for _ in 0..100 {
             b.next_delay();
         }
-        assert_eq!(b.ceiling(), BACKOFF_MAX, "no overflow after many failures");
+        assert_eq!(b.ceiling(), max, "no overflow after many failures");
         b.reset();
         assert_eq!(b.ceiling(), BACKOFF_BASE);
+        assert_eq!(Backoff::new(Duration::ZERO).ceiling(), BACKOFF_BASE);
         // Full jitter: the delays spread over the whole range, not around the cap.
+        let long = Duration::from_secs(30);
         let small = (0..200)
-            .filter(|_| Backoff { failures: 5 }.next_delay() < Duration::from_secs(15))
+            .filter(|_| {
+                let mut b = Backoff::new(long);
+                b.failures = 10;
+                b.next_delay() < long / 2
+            })
             .count();
         assert!(small > 40, "{small} of 200 delays below half the cap");
     }
@@ -856,7 +891,7 @@ mod tests {
             Arc::new(super::super::health::HealthTable::default()),
         ));
         let w2 = PoolWatcher::new(fresh.clone(), "upstreams/base/".into(), Some(dump_path));
-        w2.load_dump();
+        w2.load_dump().await;
         assert_eq!(fresh.snapshot().specs(), pool.snapshot().specs());
         assert_eq!(w2.state().servers_from, "dump");
     }
@@ -893,13 +928,15 @@ mod fuzz_tests {
             }
         }
 
-        /// However many failures in a row, a delay stays within its cap and the cap within 30 s.
+        /// However many failures in a row, a delay stays within its cap and the cap within
+        /// `max_backoff`.
         #[test]
-        fn fuzz_backoff_stays_within_its_cap(failures in 0usize..200) {
-            let mut b = Backoff::default();
+        fn fuzz_backoff_stays_within_its_cap(failures in 0usize..200, max_ms in 0u64..400_000) {
+            let max = Duration::from_millis(max_ms);
+            let mut b = Backoff::new(max);
             for _ in 0..failures {
                 let cap = b.ceiling();
-                prop_assert!(cap <= BACKOFF_MAX && cap >= BACKOFF_BASE);
+                prop_assert!(cap <= max.max(BACKOFF_BASE) && cap >= BACKOFF_BASE);
                 prop_assert!(b.next_delay() <= cap);
             }
         }

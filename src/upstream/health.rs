@@ -4,9 +4,22 @@
 //! and clears `fall`, a failure does the opposite; a down server comes up at `rise` passes, an up
 //! server goes down at `fall` failures. Only the one check task of an address writes these.
 //!
-//! Passive failure accounting follows nginx: `max_fails` failed attempts within `fail_timeout`
-//! make a server unavailable for `fail_timeout`; `max_fails = 0` disables it. Everything here is
-//! atomics so the request path never takes a lock to ask "may I use this server?".
+//! Passive failures follow nginx's round robin (`ngx_http_upstream_round_robin.c`) exactly, with
+//! its two timestamps: `accessed` (the last failure) and `checked` (the last failure, or the
+//! moment the server was picked again after `fail_timeout` had passed since `checked`):
+//! - a failed attempt increments `fails` and sets both timestamps to now;
+//! - the server is unavailable while `fails >= max_fails` and `now - checked <= fail_timeout`;
+//! - a pick after `fail_timeout` moves `checked` to now: after an ejection that pick is the one
+//!   trial request, and the server is skipped again while it runs;
+//! - a success clears `fails` only when `accessed < checked`, i.e. when the server was picked
+//!   after `fail_timeout` had passed since its last failure. A success in between does not wipe
+//!   the slate: a server failing every other request is ejected, and after an ejection expires
+//!   the next failure ejects it again;
+//! - `max_fails = 0` disables all of it.
+//!
+//! nginx's two group rules (a pool of one server is never ejected; when every server is
+//! unavailable the counts are reset) need the pool and live in [`super::pool`]. Everything here
+//! is atomics, so the request path never takes a lock to ask "may I use this server?".
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::server::ServerSpec;
+use super::spec::ServerSpec;
 
 /// Live state of one server address.
 #[derive(Debug)]
@@ -29,11 +42,14 @@ pub struct ServerHealth {
     fall_count: AtomicU32,
     /// Active checks run so far (0: never checked).
     checks: AtomicU64,
-    /// Failures counted in the current passive window.
+    /// Passive failures counted (nginx's `peer->fails`).
     fails: AtomicU32,
-    /// Start of the current passive window, in ms since `epoch`.
-    window_start_ms: AtomicU64,
-    /// Ejected until this instant (ms since `epoch`); 0 = not ejected.
+    /// Last failure, in ms since `epoch` (nginx's `peer->accessed`); 0 = never.
+    accessed_ms: AtomicU64,
+    /// Last failure or trial pick, in ms since `epoch` (nginx's `peer->checked`).
+    checked_ms: AtomicU64,
+    /// `checked + fail_timeout` while `fails >= max_fails` (0 = not ejected), so that
+    /// [`ServerHealth::ejected`] needs no settings.
     ejected_until_ms: AtomicU64,
     /// Requests proxied to this address right now (see [`super::in_flight::InFlight`]).
     in_flight: AtomicU32,
@@ -62,7 +78,8 @@ impl ServerHealth {
             fall_count: AtomicU32::new(0),
             checks: AtomicU64::new(0),
             fails: AtomicU32::new(0),
-            window_start_ms: AtomicU64::new(0),
+            accessed_ms: AtomicU64::new(0),
+            checked_ms: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
         }
@@ -82,18 +99,28 @@ impl ServerHealth {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Starts over as a server nobody has checked yet (in place, so every pool listing the
+    /// address sees it): a server enabled again after `down` may have broken meanwhile.
+    pub fn restart(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+        self.rise_count.store(0, Ordering::Relaxed);
+        self.fall_count.store(0, Ordering::Relaxed);
+        self.checks.store(0, Ordering::Relaxed);
+        self.forgive();
+    }
+
     fn now_ms(&self) -> u64 {
         // +1 so that 0 can mean "never".
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
     /// Is the server usable given active and passive state?
-    pub fn available(&self, _spec: &ServerSpec) -> bool {
-        if !self.up.load(Ordering::Relaxed) {
-            return false;
-        }
-        let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        until == 0 || self.now_ms() >= until
+    pub fn available(&self, spec: &ServerSpec) -> bool {
+        self.available_at(spec, self.now_ms())
+    }
+
+    fn available_at(&self, spec: &ServerSpec, now: u64) -> bool {
+        self.up.load(Ordering::Relaxed) && !self.ejected_at(spec, now)
     }
 
     pub fn is_up(&self) -> bool {
@@ -147,43 +174,86 @@ impl ServerHealth {
         self.checks.load(Ordering::Relaxed)
     }
 
+    /// Passive failures currently counted against the server.
+    pub fn fails(&self) -> u32 {
+        self.fails.load(Ordering::Relaxed)
+    }
+
     /// Is the server currently ejected by passive failures?
     pub fn ejected(&self) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        until != 0 && self.now_ms() < until
+        until != 0 && self.now_ms() <= until
     }
 
-    /// Records a failed attempt. Returns true when this failure ejected the server.
+    fn ejected_at(&self, spec: &ServerSpec, now: u64) -> bool {
+        if spec.max_fails == 0 || self.fails.load(Ordering::Relaxed) < spec.max_fails {
+            return false;
+        }
+        now.saturating_sub(self.checked_ms.load(Ordering::Relaxed))
+            <= duration_ms(spec.fail_timeout)
+    }
+
+    /// Records a failed attempt. Returns true when the server is ejected by it (the count
+    /// reached `max_fails`, or a trial after an ejection failed).
     pub fn record_failure(&self, spec: &ServerSpec) -> bool {
+        self.record_failure_at(spec, self.now_ms())
+    }
+
+    fn record_failure_at(&self, spec: &ServerSpec, now: u64) -> bool {
         if spec.max_fails == 0 {
             return false;
         }
-        let now = self.now_ms();
-        let window = duration_ms(spec.fail_timeout);
-        let start = self.window_start_ms.load(Ordering::Relaxed);
-        let fails = if start == 0 || now.saturating_sub(start) > window {
-            self.window_start_ms.store(now, Ordering::Relaxed);
-            self.fails.store(1, Ordering::Relaxed);
-            1
-        } else {
-            self.fails.fetch_add(1, Ordering::Relaxed) + 1
-        };
+        let fails = self.fails.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        self.accessed_ms.store(now, Ordering::Relaxed);
+        self.checked_ms.store(now, Ordering::Relaxed);
         if fails >= spec.max_fails {
-            self.ejected_until_ms
-                .store(now.saturating_add(window.max(1)), Ordering::Relaxed);
-            self.fails.store(0, Ordering::Relaxed);
-            self.window_start_ms.store(0, Ordering::Relaxed);
+            self.ejected_until_ms.store(
+                now.saturating_add(duration_ms(spec.fail_timeout)),
+                Ordering::Relaxed,
+            );
             return true;
         }
         false
     }
 
-    /// A successful response: nginx forgets earlier failures.
-    pub fn record_success(&self) {
-        if self.fails.load(Ordering::Relaxed) != 0 {
-            self.fails.store(0, Ordering::Relaxed);
-            self.window_start_ms.store(0, Ordering::Relaxed);
+    /// The server was picked for an attempt: once `fail_timeout` has passed since `checked`,
+    /// this pick is the trial that may clear the count (and, after an ejection, the only
+    /// request it gets until the trial ends).
+    pub fn note_picked(&self, spec: &ServerSpec) {
+        self.note_picked_at(spec, self.now_ms());
+    }
+
+    fn note_picked_at(&self, spec: &ServerSpec, now: u64) {
+        let fails = self.fails.load(Ordering::Relaxed);
+        if fails == 0 || spec.max_fails == 0 {
+            return;
         }
+        let window = duration_ms(spec.fail_timeout);
+        if now.saturating_sub(self.checked_ms.load(Ordering::Relaxed)) > window {
+            self.checked_ms.store(now, Ordering::Relaxed);
+            if fails >= spec.max_fails {
+                self.ejected_until_ms
+                    .store(now.saturating_add(window), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A successful response: the count is cleared only when the server was picked after
+    /// `fail_timeout` had passed since its last failure (`accessed < checked`).
+    pub fn record_success(&self) {
+        if self.fails.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if self.accessed_ms.load(Ordering::Relaxed) < self.checked_ms.load(Ordering::Relaxed) {
+            self.forgive();
+        }
+    }
+
+    /// Clears every passive failure (nginx: "all peers failed, mark them as live for quick
+    /// recovery"; also a fresh start).
+    pub fn forgive(&self) {
+        self.fails.store(0, Ordering::Relaxed);
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
     }
 }
 
@@ -239,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn ejects_after_max_fails_within_fail_timeout() {
+    fn ejects_after_max_fails() {
         let h = ServerHealth::default();
         let s = spec(2, Duration::from_secs(10));
         assert!(!h.record_failure(&s));
@@ -257,6 +327,7 @@ mod tests {
             assert!(!h.record_failure(&s));
         }
         assert!(h.available(&s));
+        assert_eq!(h.fails(), 0);
     }
 
     #[test]
@@ -267,10 +338,87 @@ mod tests {
         let s = spec(1, Duration::MAX);
         assert!(h.record_failure(&s));
         assert!(h.ejected());
+        h.note_picked(&s);
+        assert!(h.ejected());
+    }
+
+    /// Times below are ms since the state's epoch, as nginx's are seconds since its clock.
+    const T: u64 = 1_000;
+
+    #[test]
+    fn a_success_within_fail_timeout_does_not_clear_the_count() {
+        // nginx: `accessed < checked` is false until a pick after fail_timeout moved `checked`.
+        let h = ServerHealth::default();
+        let s = spec(2, Duration::from_millis(T));
+        h.record_failure_at(&s, 10);
+        h.note_picked_at(&s, 20);
+        h.record_success();
+        assert_eq!(h.fails(), 1, "the success came within fail_timeout");
+        assert!(
+            h.record_failure_at(&s, 30),
+            "every other request failing: ejected"
+        );
+        assert!(!h.available_at(&s, 31));
     }
 
     #[test]
-    fn ejection_ends_after_fail_timeout() {
+    fn a_success_after_fail_timeout_clears_the_count() {
+        let h = ServerHealth::default();
+        let s = spec(2, Duration::from_millis(T));
+        h.record_failure_at(&s, 10);
+        h.note_picked_at(&s, 10 + T + 1);
+        h.record_success();
+        assert_eq!(h.fails(), 0);
+        assert!(!h.record_failure_at(&s, 2 * T + 20), "a fresh count");
+    }
+
+    #[test]
+    fn a_failure_long_after_the_last_still_counts_without_a_clearing_success() {
+        // nginx keeps `fails` until a success clears it: without traffic in between, a failure
+        // an hour later completes the count.
+        let h = ServerHealth::default();
+        let s = spec(2, Duration::from_millis(T));
+        h.record_failure_at(&s, 10);
+        assert!(h.record_failure_at(&s, 3_600_000));
+    }
+
+    #[test]
+    fn after_an_ejection_one_trial_is_let_through_and_a_failure_ejects_again() {
+        let h = ServerHealth::default();
+        let s = spec(2, Duration::from_millis(T));
+        h.record_failure_at(&s, 10);
+        h.record_failure_at(&s, 20);
+        assert!(!h.available_at(&s, 20 + T), "ejected for fail_timeout");
+        let expired = 20 + T + 1;
+        assert!(h.available_at(&s, expired), "expired");
+        h.note_picked_at(&s, expired);
+        assert!(
+            !h.available_at(&s, expired + 1),
+            "while the trial runs, nothing else is sent"
+        );
+        assert!(
+            h.record_failure_at(&s, expired + 5),
+            "the trial failed: ejected again"
+        );
+        assert!(!h.available_at(&s, expired + 5 + T));
+        assert!(h.available_at(&s, expired + 5 + T + 1));
+    }
+
+    #[test]
+    fn after_an_ejection_a_successful_trial_clears_the_count() {
+        let h = ServerHealth::default();
+        let s = spec(2, Duration::from_millis(T));
+        h.record_failure_at(&s, 10);
+        h.record_failure_at(&s, 20);
+        h.note_picked_at(&s, 20 + T + 1);
+        h.record_success();
+        assert_eq!(h.fails(), 0);
+        assert!(h.available_at(&s, 20 + T + 2));
+        assert!(!h.ejected());
+    }
+
+    #[test]
+    fn ejection_ends_after_fail_timeout_on_the_real_clock() {
         let h = ServerHealth::default();
         let s = spec(1, Duration::from_millis(30));
         assert!(h.record_failure(&s));
@@ -283,15 +431,22 @@ mod tests {
             );
             std::thread::yield_now();
         }
+        assert!(!h.ejected());
     }
 
     #[test]
-    fn success_resets_the_failure_count() {
+    fn forgive_and_restart_start_over() {
         let h = ServerHealth::default();
-        let s = spec(2, Duration::from_secs(10));
+        let s = spec(1, Duration::from_secs(10));
         h.record_failure(&s);
-        h.record_success();
-        assert!(!h.record_failure(&s), "count restarted after a success");
+        h.forgive();
+        assert!(h.available(&s) && !h.ejected() && h.fails() == 0);
+        h.record_check(true, 1, 1);
+        h.record_failure(&s);
+        h.restart(false);
+        assert!(!h.is_up(), "checked again before traffic");
+        assert_eq!((h.checks(), h.rise_count(), h.fails()), (0, 0, 0));
+        assert!(!h.ejected());
     }
 
     #[test]

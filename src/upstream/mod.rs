@@ -9,8 +9,10 @@ pub mod in_flight;
 pub mod kv_value;
 pub mod pool;
 pub mod probe;
+pub mod resolve;
 pub mod server;
 pub mod upsync_comment;
+pub mod spec;
 pub mod upsync_format;
 
 use std::collections::BTreeMap;

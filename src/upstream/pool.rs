@@ -8,16 +8,35 @@
 //!
 //! The server list is an immutable snapshot behind `ArcSwap`, replaced whole on every change, so
 //! readers never block writers. Only the small score vector sits behind a mutex.
+//!
+//! Passive failures never empty a pool on a hiccup (nginx's two group rules, see
+//! `docs/health.md`):
+//! - **one server**: a pool with a single server that is not `down` never ejects it
+//!   ([`Pool::counts_failures`] is false), as nginx ignores `max_fails` for a lone server;
+//! - **panic mode**: when no server passes the filters but some are kept out *only* by passive
+//!   ejection, their counts are reset and the pick is made again among them (nginx resets the
+//!   counts too, but answers that one request with 502 first; Envoy's panic threshold routes to
+//!   every host). A server that active checks hold `down`, one marked `down` and a drained one
+//!   stay out: an active check is evidence, a few failed requests are a hiccup.
+//!
+//! A server enabled again after `down` starts over like a new one ([`Pool::replace`]): with
+//! `default_down` it takes traffic only after `rise` passing checks, whatever its state before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use log::warn;
 use parking_lot::Mutex;
 
 use super::health::HealthTable;
-use super::server::{Server, ServerSpec};
+use super::server::Server;
+use super::spec::ServerSpec;
 use crate::config::health::HealthSettings;
+
+/// At most one panic-mode log line per pool per this many milliseconds.
+const PANIC_LOG_EVERY_MS: u64 = 1_000;
 
 /// An immutable view of a pool's servers.
 #[derive(Debug, Default)]
@@ -77,6 +96,11 @@ pub struct Pool {
     health: Arc<HealthTable>,
     /// Active-check settings, set once at startup; unset or disabled: no active checks.
     checks: OnceLock<Arc<HealthSettings>>,
+    /// Times panic mode reset passive ejections (shown in `/metrics`).
+    panics: AtomicU64,
+    /// When panic mode was last logged (ms since `created`, 0 = never).
+    panic_logged_ms: AtomicU64,
+    created: Instant,
 }
 
 /// Outcome of [`Pool::replace`].
@@ -98,6 +122,9 @@ impl Pool {
             generation: AtomicU64::new(0),
             health,
             checks: OnceLock::new(),
+            panics: AtomicU64::new(0),
+            panic_logged_ms: AtomicU64::new(0),
+            created: Instant::now(),
         }
     }
 
@@ -121,7 +148,8 @@ impl Pool {
         self.snapshot.load_full()
     }
 
-    /// Replaces the server list. Health state carries over per address.
+    /// Replaces the server list. Health state carries over per address, except for a server
+    /// enabled again after `down`: it starts over like a new server (module docs).
     pub fn replace(&self, specs: Vec<ServerSpec>) -> Update {
         let old = self.snapshot.load_full();
         if specs.is_empty() && !old.servers.is_empty() && !self.allow_empty {
@@ -131,13 +159,22 @@ impl Pool {
         if diff.is_empty() {
             return Update::Unchanged;
         }
+        let starts_up = !self.starts_down();
         let servers = specs
             .into_iter()
             .map(|spec| {
-                Arc::new(Server {
-                    health: self.health.get_or_start(spec.addr, !self.starts_down()),
-                    spec,
-                })
+                let health = self.health.get_or_start(spec.addr, starts_up);
+                let enabled_again = !spec.down
+                    && old
+                        .servers
+                        .iter()
+                        .any(|o| o.spec.addr == spec.addr && o.spec.down);
+                if enabled_again {
+                    // Not checked while down (as the check module does), so what it knew is
+                    // stale: the server may have broken meanwhile.
+                    health.restart(starts_up);
+                }
+                Arc::new(Server { health, spec })
             })
             .collect();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -151,11 +188,62 @@ impl Pool {
     }
 
     /// Picks a server for one attempt. `accept` filters further (e.g. servers already tried).
+    /// Primary servers first, then backups; when only passive ejection stands in the way, panic
+    /// mode (module docs).
     pub fn select(&self, accept: impl Fn(&Server) -> bool) -> Option<Arc<Server>> {
         let snap = self.snapshot.load();
         let usable = |s: &Server| s.selectable() && accept(s);
-        self.pick(&snap, |s| !s.spec.backup && usable(s))
-            .or_else(|| self.pick(&snap, |s| s.spec.backup && usable(s)))
+        let pick = |snap: &Snapshot| {
+            self.pick(snap, |s| !s.spec.backup && usable(s))
+                .or_else(|| self.pick(snap, |s| s.spec.backup && usable(s)))
+        };
+        pick(&snap).or_else(|| self.panic(&snap, &accept).then(|| pick(&snap)).flatten())
+    }
+
+    /// Panic mode: forgives the passive failures of every server that `accept`s and is kept out
+    /// by them alone. Returns whether any was forgiven.
+    fn panic(&self, snap: &Snapshot, accept: &impl Fn(&Server) -> bool) -> bool {
+        let mut forgiven = Vec::new();
+        for s in &snap.servers {
+            if s.usable_but_for_passive() && !s.selectable() && accept(s) {
+                s.health.forgive();
+                forgiven.push(s.spec.name.as_str());
+            }
+        }
+        if forgiven.is_empty() {
+            return false;
+        }
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        let now = self.created.elapsed().as_millis() as u64 + 1;
+        let last = self.panic_logged_ms.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= PANIC_LOG_EVERY_MS {
+            self.panic_logged_ms.store(now, Ordering::Relaxed);
+            warn!(
+                "pool {}: every usable server was ejected by passive failures; trying them again \
+                 (panic mode, counts reset): {}",
+                self.name,
+                forgiven.join(", ")
+            );
+        }
+        true
+    }
+
+    /// How often panic mode reset this pool's passive ejections.
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Do passive failures count in this pool? Not when it has a single server that is not
+    /// `down`: nginx's "if there is only a single server in a group, max_fails, fail_timeout
+    /// ... are ignored, and such a server will never be considered unavailable".
+    pub fn counts_failures(&self) -> bool {
+        self.snapshot
+            .load()
+            .servers
+            .iter()
+            .filter(|s| !s.spec.down)
+            .nth(1)
+            .is_some()
     }
 
     /// Picks among drained (`weight 0`) servers that are otherwise up, round robin, for assets
@@ -165,13 +253,14 @@ impl Pool {
         self.pick(&snap, |s| s.draining() && accept(s))
     }
 
-    /// Would [`Pool::select`] find a server? (Does not move the round robin.)
+    /// Would [`Pool::select`] find a server? (Does not move the round robin, resets nothing.)
+    /// Passive ejection alone does not count: panic mode would pick such a server.
     pub fn has_usable(&self, accept: impl Fn(&Server) -> bool) -> bool {
         self.snapshot
             .load()
             .servers
             .iter()
-            .any(|s| s.selectable() && accept(s))
+            .any(|s| s.usable_but_for_passive() && accept(s))
     }
 
     fn pick(&self, snap: &Snapshot, candidate: impl Fn(&Server) -> bool) -> Option<Arc<Server>> {
@@ -196,7 +285,9 @@ impl Pool {
         }
         let best = best?;
         scores.current[best] -= total;
-        Some(snap.servers[best].clone())
+        let server = &snap.servers[best];
+        server.health.note_picked(&server.spec);
+        Some(server.clone())
     }
 }
 
@@ -353,6 +444,133 @@ mod tests {
         assert_eq!(counts(&p, 4).get(&1), Some(&4));
         assert!(p.has_usable(|_| true));
         assert!(!p.has_usable(|s| s.spec.addr.port() == 2));
+    }
+
+    /// Ejects `port` through passive failures (its spec's max_fails of them).
+    fn eject(p: &Pool, port: u16) {
+        let snap = p.snapshot();
+        let s = snap
+            .servers
+            .iter()
+            .find(|s| s.spec.addr.port() == port)
+            .expect("server");
+        for _ in 0..s.spec.max_fails {
+            s.health.record_failure(&s.spec);
+        }
+        assert!(s.health.ejected());
+    }
+
+    #[test]
+    fn one_ejected_server_of_two_leaves_the_other_and_no_panic() {
+        let p = pool(vec![spec(1, 1), spec(2, 1)]);
+        eject(&p, 1);
+        assert_eq!(counts(&p, 6).get(&2), Some(&6));
+        assert_eq!(p.panics(), 0);
+    }
+
+    #[test]
+    fn every_server_ejected_means_panic_mode_not_an_empty_pool() {
+        let p = pool(vec![spec(1, 1), spec(2, 1)]);
+        eject(&p, 1);
+        eject(&p, 2);
+        assert!(
+            p.has_usable(|_| true),
+            "passive ejection alone leaves them usable"
+        );
+        let c = counts(&p, 4);
+        assert_eq!((c.get(&1), c.get(&2)), (Some(&2), Some(&2)), "{c:?}");
+        assert_eq!(p.panics(), 1, "one reset, then both count from zero");
+        for s in &p.snapshot().servers {
+            assert_eq!(s.health.fails(), 0);
+        }
+    }
+
+    #[test]
+    fn panic_mode_never_revives_a_server_down_by_checks_marked_down_or_drained() {
+        let mut down = spec(2, 1);
+        down.down = true;
+        let p = pool(vec![spec(1, 1), down, spec(3, 0), spec(4, 1)]);
+        p.snapshot().servers[3].health.set_up(false);
+        eject(&p, 1);
+        let c = counts(&p, 3);
+        assert_eq!(
+            c.get(&1),
+            Some(&3),
+            "only the ejected one is revived: {c:?}"
+        );
+        p.snapshot().servers[0].health.set_up(false);
+        assert!(
+            p.select(|_| true).is_none(),
+            "active checks say down: no panic"
+        );
+        assert!(!p.has_usable(|_| true));
+    }
+
+    #[test]
+    fn panic_mode_respects_the_filter() {
+        let p = pool(vec![spec(1, 1), spec(2, 1)]);
+        eject(&p, 1);
+        eject(&p, 2);
+        // A retry that already tried 2: only 1 is forgiven and picked.
+        let s = p.select(|s| s.spec.addr.port() != 2).expect("panic pick");
+        assert_eq!(s.spec.addr.port(), 1);
+        assert!(
+            p.snapshot().servers[1].health.ejected(),
+            "2 was not forgiven"
+        );
+    }
+
+    #[test]
+    fn a_backup_is_used_before_panic_mode() {
+        let mut b = spec(9, 1);
+        b.backup = true;
+        let p = pool(vec![spec(1, 1), b]);
+        eject(&p, 1);
+        assert_eq!(p.select(|_| true).unwrap().spec.addr.port(), 9);
+        assert_eq!(p.panics(), 0);
+    }
+
+    #[test]
+    fn a_pool_of_one_server_does_not_count_failures() {
+        let p = pool(vec![spec(1, 1)]);
+        assert!(!p.counts_failures());
+        let mut down = spec(2, 1);
+        down.down = true;
+        p.replace(vec![spec(1, 1), down.clone()]);
+        assert!(!p.counts_failures(), "a server marked down does not count");
+        p.replace(vec![spec(1, 1), spec(2, 1)]);
+        assert!(p.counts_failures());
+        let mut backup = spec(2, 1);
+        backup.backup = true;
+        p.replace(vec![spec(1, 1), backup]);
+        assert!(
+            p.counts_failures(),
+            "a backup takes over an ejected primary"
+        );
+    }
+
+    #[test]
+    fn a_server_enabled_again_after_down_starts_over() {
+        let p = pool(vec![spec(1, 1)]);
+        p.set_checks(HealthSettings::default());
+        p.replace(vec![spec(1, 1), spec(2, 1)]);
+        let h2 = p.snapshot().servers[1].health.clone();
+        h2.set_up(true); // passed its checks
+        let mut down = spec(2, 1);
+        down.down = true;
+        p.replace(vec![spec(1, 1), down]);
+        assert!(h2.is_up(), "marked down: not checked, state untouched");
+        p.replace(vec![spec(1, 1), spec(2, 1)]);
+        assert!(
+            !h2.is_up(),
+            "enabled again: waits for rise checks like a new server"
+        );
+        assert!(std::sync::Arc::ptr_eq(&h2, &p.snapshot().servers[1].health));
+        assert_eq!(counts(&p, 3).get(&1), Some(&3));
+        // A weight change of an enabled server keeps its state.
+        h2.set_up(true);
+        p.replace(vec![spec(1, 1), spec(2, 7)]);
+        assert!(h2.is_up());
     }
 
     #[test]

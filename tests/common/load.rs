@@ -93,6 +93,9 @@ pub struct Report {
     pub mixed: u64,
     /// Pages from another pool than the client expects (lost whitelist data).
     pub wrong_pool: u64,
+    /// 5xx answers that no upstream gave (no `X-Served-By`): graysplit's own 502/504, what an
+    /// outage looks like to a browser (a subset of `failed`).
+    pub own_5xx: u64,
     /// Pages by pool (`X-Graysplit-Pool`).
     pub pages_by_pool: BTreeMap<String, u64>,
     /// Requests by server (`X-Served-By`).
@@ -103,10 +106,15 @@ pub struct Report {
 }
 
 const KEEP_FAILURES: usize = 20;
+/// Marks a failure description as graysplit's own 5xx (see [`Report::own_5xx`]).
+const OWN_5XX: &str = "(graysplit's own)";
 
 impl Report {
     fn fail(&mut self, what: String) {
         self.failed += 1;
+        if what.contains(OWN_5XX) {
+            self.own_5xx += 1;
+        }
         if self.failures.len() < KEEP_FAILURES {
             self.failures.push(what);
         }
@@ -134,13 +142,14 @@ impl Report {
     /// One line for the test output (and the README's figures).
     pub fn summary(&self, scenario: &str) -> String {
         format!(
-            "chaos {scenario}: {} requests ({} pages, {} assets) in {:.1?}, {} failed, {} mixed, \
-             {} wrong pool; pages by pool {:?}; p50 {:?} p99 {:?} max {:?}",
+            "chaos {scenario}: {} requests ({} pages, {} assets) in {:.1?}, {} failed ({} graysplit's \
+             own 5xx), {} mixed, {} wrong pool; pages by pool {:?}; p50 {:?} p99 {:?} max {:?}",
             self.requests,
             self.pages,
             self.assets,
             self.duration,
             self.failed,
+            self.own_5xx,
             self.mixed,
             self.wrong_pool,
             self.pages_by_pool,
@@ -173,6 +182,31 @@ impl Report {
         );
         assert_eq!(self.mixed, 0, "{scenario}: {}", self.summary(scenario));
         assert_eq!(self.wrong_pool, 0, "{scenario}: {}", self.summary(scenario));
+    }
+
+    /// As [`Report::assert_clean`], except for exactly `upstream_failures` answers that servers
+    /// gave themselves (a hiccup passed on as it came); none of graysplit's own.
+    pub fn assert_only_upstream_failures(&self, scenario: &str, upstream_failures: u64) {
+        println!("{}", self.summary(scenario));
+        assert!(self.pages >= 20, "{scenario}: {}", self.summary(scenario));
+        assert_eq!(
+            (self.failed, self.own_5xx),
+            (upstream_failures, 0),
+            "{scenario}: {:#?}\n{}",
+            self.failures,
+            self.summary(scenario)
+        );
+        assert_eq!(self.mixed, 0, "{scenario}: {}", self.summary(scenario));
+        assert_eq!(self.wrong_pool, 0, "{scenario}: {}", self.summary(scenario));
+    }
+}
+
+/// " (graysplit's own)" when a 5xx came from no upstream.
+fn own(status: u16, server: &str) -> &'static str {
+    if status >= 500 && server == "-" {
+        OWN_5XX
+    } else {
+        ""
     }
 }
 
@@ -365,8 +399,13 @@ async fn browse(
                 },
                 Ok(g) => {
                     r.fail(format!(
-                        "{}: page status {} (pool {}, server {}): {:.80}",
-                        c.name, g.status, g.pool, g.server, g.body
+                        "{}: page status {}{} (pool {}, server {}): {:.80}",
+                        c.name,
+                        g.status,
+                        own(g.status, &g.server),
+                        g.pool,
+                        g.server,
+                        g.body
                     ));
                     None
                 }
@@ -406,8 +445,12 @@ async fn browse(
                         }
                     }
                     Ok(a) => r.fail(format!(
-                        "{}: {path} status {} (pool {}, server {})",
-                        c.name, a.status, a.pool, a.server
+                        "{}: {path} status {}{} (pool {}, server {})",
+                        c.name,
+                        a.status,
+                        own(a.status, &a.server),
+                        a.pool,
+                        a.server
                     )),
                     Err(e) => r.fail(format!("{}: {path}: {e}", c.name)),
                 }

@@ -6,6 +6,7 @@ pub mod chrome;
 pub mod builds;
 pub mod consul;
 pub mod faulty;
+pub mod flaky;
 pub mod load;
 pub mod nginx;
 pub mod proc;
