@@ -22,12 +22,15 @@ pub struct FileConfig {
     pub routes: Vec<super::gray::RouteSection>,
     /// The pin cookie (`[pin]`).
     pub pin: super::pin::PinSection,
+    /// Certificates, HTTP/2 limits, HSTS (`[tls]`).
+    pub tls: super::tls::TlsSection,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct ServerSection {
-    pub listen: String,
+    /// One address, or a list of addresses and listener tables (`super::listen`).
+    pub listen: super::listen::ListenSection,
     pub admin_listen: String,
     pub threads: usize,
     pub pid_file: String,
@@ -42,7 +45,7 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:8080".into(),
+            listen: super::listen::ListenSection::default(),
             admin_listen: "127.0.0.1:9901".into(),
             threads: 2,
             pid_file: "/run/graysplit/graysplit.pid".into(),

@@ -9,7 +9,9 @@ pub mod duration;
 pub mod file;
 pub mod gray;
 pub mod health;
+pub mod listen;
 pub mod pin;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -76,11 +78,14 @@ pub struct Config {
     pub gray: crate::gray::GraySettings,
     /// `[pin]`: the pin cookie (one page, one build).
     pub pin: crate::pin::PinSettings,
+    /// `[tls]`: certificates and what goes with TLS listeners.
+    pub tls: crate::tls::TlsSettings,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    /// The public listeners, at least one.
+    pub listen: Vec<crate::listeners::Listener>,
     pub admin_listen: SocketAddr,
     pub threads: usize,
     pub pid_file: PathBuf,
@@ -295,7 +300,8 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: file::FileConfig, path: &Path, base_dir: &Path) -> Config {
-        let server = self.server(&raw.server, base_dir);
+        let tls = self.tls(&raw.tls, base_dir);
+        let server = self.server(&raw.server, base_dir, !tls.certificates.is_empty());
         let upstream = self.upstream(&raw.upstream);
         let consul = self.consul(&raw.consul);
         // Bad addresses are reported on their own; "no addresses" only when none were written.
@@ -335,25 +341,27 @@ impl Validator<'_> {
             pools,
             gray,
             pin,
+            tls,
         }
     }
 
-    fn server(&mut self, s: &file::ServerSection, base_dir: &Path) -> ServerConfig {
-        let listen = self.addr("server.listen", &s.listen);
+    fn server(&mut self, s: &file::ServerSection, base_dir: &Path, tls: bool) -> ServerConfig {
+        let listen = self.listeners(&s.listen, tls);
         let admin_listen = self.addr("server.admin_listen", &s.admin_listen);
-        if listen.port() != 0 && listen.port() == admin_listen.port() {
-            let overlaps = listen.ip() == admin_listen.ip()
-                || listen.ip().is_unspecified()
-                || admin_listen.ip().is_unspecified();
-            if overlaps {
-                self.error(
-                    "server.admin_listen",
-                    &s.admin_listen,
-                    format!(
-                        "clashes with server.listen = {:?}: the admin listener needs its own port",
-                        s.listen
-                    ),
-                );
+        for l in listen.iter().map(|l| l.addr) {
+            if l.port() != 0 && l.port() == admin_listen.port() {
+                let overlaps = l.ip() == admin_listen.ip()
+                    || l.ip().is_unspecified()
+                    || admin_listen.ip().is_unspecified();
+                if overlaps {
+                    self.error(
+                        "server.admin_listen",
+                        &s.admin_listen,
+                        format!(
+                            "clashes with server.listen = \"{l}\": the admin listener needs its own port"
+                        ),
+                    );
+                }
             }
         }
         if s.threads == 0 || s.threads > 1024 {

@@ -45,6 +45,10 @@ pub struct RequestCtx {
     pub miss_retry: bool,
     /// What happened to the pin on this response (`new`, `changed`, …), for the access log.
     pub pin_event: Option<&'static str>,
+    /// The request came over TLS (https).
+    pub tls: bool,
+    /// A plain request on a listener with `https_redirect`: the https port to send it to.
+    pub redirect_https: Option<u16>,
 }
 
 impl Default for RequestCtx {
@@ -66,6 +70,8 @@ impl Default for RequestCtx {
             routed: false,
             miss_retry: false,
             pin_event: None,
+            tls: false,
+            redirect_https: None,
         }
     }
 }

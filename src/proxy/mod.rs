@@ -1,9 +1,11 @@
 //! The request path: one `impl ProxyHttp`, each phase short and delegating to pure helpers.
 //!
 //! ```text
-//! early_request_filter   downstream keep-alive timeout
-//! request_filter         page or asset, read the pin, decide the pool once (stored in ctx;
-//!                        retries do not re-decide); a pinned asset follows its pin (pinning.rs)
+//! early_request_filter   downstream keep-alive timeout; TLS or not, which listener, Host from
+//!                        an HTTP/2 `:authority` (https.rs)
+//! request_filter         308 to https on a redirecting listener (https.rs); page or asset,
+//!                        read the pin, decide the pool once (stored in ctx; retries do not
+//!                        re-decide); a pinned asset follows its pin (pinning.rs)
 //! upstream_peer          pick a server in that pool (of the pinned build for a sticky asset),
 //!                        skipping servers this request already tried; pinned build gone → any
 //!                        server of the pool (`build_gone`); gray without a usable server → base
@@ -13,14 +15,17 @@
 //!                        retry_on_status retries GET/HEAD (passive.rs)
 //! error_while_proxy      passive failure (once per attempt) + retry of GET/HEAD on another server
 //!                        while nothing reached the client (passive.rs, nginx's proxy_next_upstream)
-//! upstream_request_filter Host / X-Real-IP / X-Forwarded-For as the seed's nginx did
-//! response_filter        pin cookie when issued, changed or refreshed; debug headers
+//! upstream_request_filter Host / X-Real-IP / X-Forwarded-For as the seed's nginx did, and
+//!                        X-Forwarded-Proto (https.rs)
+//! response_filter        pin cookie when issued, changed or refreshed (Secure over TLS); debug
+//!                        headers; HSTS over TLS
 //! fail_to_proxy          short plain 502/504 page with Retry-After, never a hang
 //! logging                access line, passive success/failure bookkeeping
 //! ```
 
 pub mod ctx;
 pub mod forwarded;
+pub mod https;
 mod passive;
 mod pinning;
 pub mod select;
@@ -59,6 +64,8 @@ pub struct ProxySettings {
     pub pin: Arc<Pinner>,
     /// Set on SIGQUIT/SIGTERM: answers carry `Connection: close` (crate::lifecycle).
     pub draining: crate::lifecycle::Draining,
+    /// Listeners, HSTS, the https redirect (https.rs).
+    pub https: https::HttpsSettings,
 }
 
 pub struct GraySplit {
@@ -126,10 +133,14 @@ impl ProxyHttp for GraySplit {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| forwarded::canonical_ip(a.ip()));
+        self.on_connection(session, ctx);
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        if self.redirect_to_https(session, ctx).await? {
+            return Ok(true);
+        }
         let pinned = self.read_pin(session, ctx);
         let req = session.req_header();
         let peer = ctx
@@ -315,6 +326,7 @@ impl ProxyHttp for GraySplit {
             // Like nginx's realip module: behind a trusted proxy, X-Real-IP is the real client.
             req.insert_header("x-real-ip", real_ip.to_string())?;
         }
+        self.set_forwarded_proto(session, req, ctx)?;
         Ok(())
     }
 
@@ -338,6 +350,7 @@ impl ProxyHttp for GraySplit {
             }
             resp.insert_header("x-graysplit-reason", ctx.reason)?;
         }
+        self.add_hsts(resp, ctx)?;
         Ok(())
     }
 
