@@ -4,8 +4,9 @@
 //! `tls.reload_interval`, and at once on SIGHUP) re-reads them; when either file changed, the new
 //! pair is parsed and checked in full (`certs::parse`). Only a pair that passes replaces the one in
 //! service, and the SNI table is then rebuilt and swapped whole. A pair that fails keeps the old
-//! certificate serving, counts an error and is logged once per distinct content (a half-written
-//! file is seen again, complete, at the next check). Comparing content rather than mtimes sees
+//! certificate serving; when the same content still fails at the next check (so a pair caught
+//! between its two files being replaced, or a file half written, is no alarm) it counts an error
+//! and is logged, once per distinct content. Comparing content rather than mtimes sees
 //! every kind of replacement (rename over, rewrite in place, a same-second edit, a symlink flip as
 //! certbot and Kubernetes secrets do).
 
@@ -26,8 +27,10 @@ const EXPIRY_WARNING: i64 = 14 * 86_400;
 
 struct Slot {
     source: CertSource,
-    /// The (cert, key) bytes last read, good or bad; `None` after a read error.
+    /// The (cert, key) bytes last acted on, good or bad; `None` after a read error.
     seen: Option<(Vec<u8>, Vec<u8>)>,
+    /// Bytes that failed once: they fail for good if still the same at the next check.
+    suspect: Option<(Vec<u8>, Vec<u8>)>,
     loaded: Loaded,
     /// The last failure logged, so each distinct failure is logged once.
     failing: Option<String>,
@@ -53,6 +56,7 @@ impl CertStore {
                 Ok((loaded, seen)) => slots.push(Slot {
                     source: s.clone(),
                     seen: Some(seen),
+                    suspect: None,
                     loaded,
                     failing: None,
                 }),
@@ -99,11 +103,23 @@ impl CertStore {
             let label = slot.source.label.clone();
             let result = match certs::read(&slot.source) {
                 Ok(bytes) if slot.seen.as_ref() == Some(&bytes) => continue,
-                Ok(bytes) => {
-                    let parsed = certs::parse(&slot.source, &bytes.0, &bytes.1, now);
-                    slot.seen = Some(bytes);
-                    parsed
-                }
+                Ok(bytes) => match certs::parse(&slot.source, &bytes.0, &bytes.1, now) {
+                    Ok(loaded) => {
+                        slot.seen = Some(bytes);
+                        slot.suspect = None;
+                        Ok(loaded)
+                    }
+                    Err(e) if slot.suspect.as_ref() == Some(&bytes) => {
+                        slot.seen = Some(bytes);
+                        slot.suspect = None;
+                        Err(e)
+                    }
+                    Err(_) => {
+                        // Perhaps caught mid-replacement: look again at the next check.
+                        slot.suspect = Some(bytes);
+                        continue;
+                    }
+                },
                 Err(e) => {
                     slot.seen = None;
                     Err(e)
@@ -269,10 +285,21 @@ mod tests {
             Some(1.0)
         );
 
+        // The key replaced before its certificate: caught in between, no alarm yet.
+        let third = tempfile::tempdir().unwrap();
+        let (crt3, key3) = self_signed(third.path(), "site", "site.test", 90);
+        std::fs::copy(&key3, &key).unwrap();
+        assert_eq!(store.check(now()), 0);
+        assert_eq!(value(&reg, "graysplit_tls_certificate_reload_errors_total"), None);
+        std::fs::copy(&crt3, &crt).unwrap();
+        assert_eq!(store.check(now()), 1, "both files replaced: swapped");
+
         // A broken key: the new certificate stays, the failure is counted once.
         let good = served(&resolver);
         let serial = store.serials();
         std::fs::write(&key, "not a key\n").unwrap();
+        assert_eq!(store.check(now()), 0);
+        assert_eq!(value(&reg, "graysplit_tls_certificate_reload_errors_total"), None);
         assert_eq!(store.check(now()), 0);
         assert_eq!(store.check(now()), 0);
         assert_eq!(served(&resolver), good);
@@ -287,7 +314,7 @@ mod tests {
         );
 
         // The key put back: in service again, no longer failing.
-        std::fs::copy(&key2, &key).unwrap();
+        std::fs::copy(&key3, &key).unwrap();
         assert_eq!(store.check(now()), 1);
         assert_eq!(
             value(&reg, "graysplit_tls_certificate_reload_failing"),

@@ -47,6 +47,53 @@ pub fn self_signed(dir: &Path, name: &str, cn: &str, days: u32) -> (PathBuf, Pat
     (dir.join(crt), dir.join(key))
 }
 
+/// A test CA (`<dir>/ca.crt`, `<dir>/ca.key`), for clients to trust (`curl --cacert`).
+pub fn ca(dir: &Path) -> PathBuf {
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-subj", "/CN=graysplit test CA", "-days", "30", "-keyout", "ca.key", "-out", "ca.crt",
+        ],
+    );
+    dir.join("ca.crt")
+}
+
+/// A leaf for `cn` and `*.cn` issued by the CA in `dir` (see [`ca`]), with a random serial:
+/// `<dir>/<name>.crt` holds the chain (leaf, then the CA), `<dir>/<name>.key` its key.
+pub fn leaf(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+    let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.leaf"));
+    openssl(
+        dir,
+        &[
+            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-subj", &format!("/CN={cn}"), "-keyout", &key, "-out", &csr,
+        ],
+    );
+    let ext = format!("{name}.ext");
+    std::fs::write(
+        dir.join(&ext),
+        format!("subjectAltName=DNS:{cn},DNS:*.{cn}
+basicConstraints=CA:FALSE
+"),
+    )
+    .expect("ext file");
+    openssl(
+        dir,
+        &[
+            "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-days", "30",
+            "-extfile", &ext, "-out", &pem,
+        ],
+    );
+    let chain = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.join(&pem)).expect("leaf"),
+        std::fs::read_to_string(dir.join("ca.crt")).expect("ca")
+    );
+    std::fs::write(dir.join(format!("{name}.crt")), chain).expect("chain");
+    (dir.join(format!("{name}.crt")), dir.join(key))
+}
+
 /// A self-signed certificate for `cn` that was valid for one day in 2020 (`openssl ca` is the
 /// CLI's way to set both dates).
 pub fn expired(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {

@@ -2,6 +2,7 @@
 //! started. Every port comes from binding `127.0.0.1:0`; readiness is polled with a deadline.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod consul;
 pub mod faulty;
 pub mod load;

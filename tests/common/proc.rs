@@ -31,6 +31,9 @@ pub struct ServerOptions {
     pub graceful_shutdown_timeout: &'static str,
     /// Extra environment for the process (e.g. `GRAYSPLIT_PIN_SECRETS`).
     pub env: Vec<(&'static str, String)>,
+    /// More `server.listen` entries after the plain one on [`Graysplit::listen`], as TOML (an
+    /// address string or an inline table such as `{ addr = "127.0.0.1:8443", tls = true }`).
+    pub extra_listeners: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -39,6 +42,7 @@ impl Default for ServerOptions {
             grace_period: "1s",
             graceful_shutdown_timeout: "1s",
             env: Vec::new(),
+            extra_listeners: Vec::new(),
         }
     }
 }
@@ -77,8 +81,17 @@ impl Graysplit {
         let listen = super::free_addr();
         let admin = super::free_addr();
         let d = dir.path().display();
+        // The single-string form unless there are more (both forms stay in use).
+        let listen_toml = if opts.extra_listeners.is_empty() {
+            format!("\"{listen}\"")
+        } else {
+            let all: Vec<String> = std::iter::once(format!("\"{listen}\""))
+                .chain(opts.extra_listeners.iter().cloned())
+                .collect();
+            format!("[{}]", all.join(", "))
+        };
         let conf = format!(
-            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\
+            "[server]\nlisten = {listen_toml}\nadmin_listen = \"{admin}\"\nthreads = 2\n\
              pid_file = \"{d}/graysplit.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
              grace_period = \"{}\"\ngraceful_shutdown_timeout = \"{}\"\n\n{extra_toml}\n",
             opts.grace_period, opts.graceful_shutdown_timeout
