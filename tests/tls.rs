@@ -52,7 +52,14 @@ impl Resp {
 }
 
 /// `curl <args> <url>` trusting `ca`, with `site.test` (and `*.site.test`) resolved to `addr`.
-fn curl(ca: &Path, addr: SocketAddr, url_path: &str, scheme: &str, host: &str, args: &[&str]) -> Resp {
+fn curl(
+    ca: &Path,
+    addr: SocketAddr,
+    url_path: &str,
+    scheme: &str,
+    host: &str,
+    args: &[&str],
+) -> Resp {
     let dir = tempfile::tempdir().expect("tempdir");
     let (head, body) = (dir.path().join("head"), dir.path().join("body"));
     let out = Command::new("curl")
@@ -69,12 +76,19 @@ fn curl(ca: &Path, addr: SocketAddr, url_path: &str, scheme: &str, host: &str, a
         .arg(format!("{scheme}://{host}:{}{url_path}", addr.port()))
         .output()
         .expect("run curl");
-    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let w = String::from_utf8_lossy(&out.stdout).to_string();
     let (status, version) = w.split_once(' ').expect("status and version");
     let head = std::fs::read_to_string(head).unwrap_or_default();
     // With -L the head file holds every hop; keep the last.
-    let last = head.rsplit("\r\n\r\n").find(|h| !h.trim().is_empty()).unwrap_or("");
+    let last = head
+        .rsplit("\r\n\r\n")
+        .find(|h| !h.trim().is_empty())
+        .unwrap_or("");
     let headers = last
         .lines()
         .skip(1)
@@ -125,8 +139,14 @@ fn curl_over_tls_http1_and_http2_decide_and_pin_as_plain_http() {
     let files = [
         ("base.conf", format!("{}\n", base.line(""))),
         ("gray.conf", format!("{}\n", gray.line(""))),
-        ("site.crt", std::fs::read_to_string(dir.path().join("site.crt")).unwrap()),
-        ("site.key", std::fs::read_to_string(dir.path().join("site.key")).unwrap()),
+        (
+            "site.crt",
+            std::fs::read_to_string(dir.path().join("site.crt")).unwrap(),
+        ),
+        (
+            "site.key",
+            std::fs::read_to_string(dir.path().join("site.key")).unwrap(),
+        ),
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let g = Graysplit::start_with(&opts, &pools, &refs);
@@ -144,9 +164,24 @@ fn curl_over_tls_http1_and_http2_decide_and_pin_as_plain_http() {
         let plain = curl(&ca, addr, "/", scheme, HOST, &with(&page));
         let gray_by_header = curl(&ca, addr, "/", scheme, HOST, &with(&canary));
         // The Host rule: over HTTP/2 the name arrives as :authority, not as a Host header.
-        let gray_by_host = curl(&ca, addr, "/", scheme, &format!("beta.{HOST}"), &with(&page));
-        for (r, want) in [(&plain, "base"), (&gray_by_header, "gray"), (&gray_by_host, "gray")] {
-            assert_eq!((r.status, r.version.as_str()), (200, version), "{scheme} {proto:?}: {r:?}");
+        let gray_by_host = curl(
+            &ca,
+            addr,
+            "/",
+            scheme,
+            &format!("beta.{HOST}"),
+            &with(&page),
+        );
+        for (r, want) in [
+            (&plain, "base"),
+            (&gray_by_header, "gray"),
+            (&gray_by_host, "gray"),
+        ] {
+            assert_eq!(
+                (r.status, r.version.as_str()),
+                (200, version),
+                "{scheme} {proto:?}: {r:?}"
+            );
             assert_eq!(build_of(r), want, "{scheme} {proto:?}: {r:?}");
             assert_eq!(r.header("x-graysplit-pool"), Some(want));
         }
@@ -160,20 +195,39 @@ fn curl_over_tls_http1_and_http2_decide_and_pin_as_plain_http() {
         pins.push(pin);
     }
     assert!(pins.iter().all(|p| *p == pins[0]), "{pins:?}");
-    assert_eq!(pins[0], format!("gray.gray"), "pool gray, build gray (the pool's name)");
+    assert_eq!(
+        pins[0],
+        format!("gray.gray"),
+        "pool gray, build gray (the pool's name)"
+    );
 
     // A pin issued over plain HTTP is followed over HTTP/2: the asset stays on gray.
     let r = curl(&ca, g.listen, "/", "http", HOST, &canary);
-    let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap().to_string();
+    let cookie = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let asset = curl(
         &ca,
         tls,
-        "/assets/app.js",
+        "/assets/app.9abd1b9d.js",
         "https",
         HOST,
-        &["--http2", "-H", "sec-fetch-dest: script", "-H", &format!("cookie: {cookie}")],
+        &[
+            "--http2",
+            "-H",
+            "sec-fetch-dest: script",
+            "-H",
+            &format!("cookie: {cookie}"),
+        ],
     );
-    assert_eq!((asset.status, asset.header("x-graysplit-reason")), (200, Some("sticky")));
+    assert_eq!(
+        (asset.status, asset.header("x-graysplit-reason")),
+        (200, Some("sticky"))
+    );
     assert_eq!(asset.header("x-graysplit-pool"), Some("gray"));
 }
 
@@ -189,11 +243,21 @@ fn upstreams_get_the_host_from_authority_and_x_forwarded_proto() {
     let ca = site_certs(dir.path());
     let files = [
         ("base.conf", format!("server {};\n", up.addr)),
-        ("site.crt", std::fs::read_to_string(dir.path().join("site.crt")).unwrap()),
-        ("site.key", std::fs::read_to_string(dir.path().join("site.key")).unwrap()),
+        (
+            "site.crt",
+            std::fs::read_to_string(dir.path().join("site.crt")).unwrap(),
+        ),
+        (
+            "site.key",
+            std::fs::read_to_string(dir.path().join("site.key")).unwrap(),
+        ),
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let g = Graysplit::start_with(&opts, &format!("[pools.base]\nfile = \"base.conf\"\n{}", tls_toml("")), &refs);
+    let g = Graysplit::start_with(
+        &opts,
+        &format!("[pools.base]\nfile = \"base.conf\"\n{}", tls_toml("")),
+        &refs,
+    );
     let head = |path: &str| {
         up.requests
             .lock()
@@ -213,24 +277,51 @@ fn upstreams_get_the_host_from_authority_and_x_forwarded_proto() {
     curl(&ca, tls, "/h2", "https", HOST, &["--http2"]);
     let h = head("/h2");
     assert_eq!(header(&h, "host").as_deref(), Some(HOST), "{h}");
-    assert_eq!(header(&h, "x-forwarded-proto").as_deref(), Some("https"), "{h}");
-    assert!(h.ends_with("HTTP/1.1\r\n") || h.contains(" HTTP/1.1"), "an origin-form HTTP/1.1 request: {h}");
+    assert_eq!(
+        header(&h, "x-forwarded-proto").as_deref(),
+        Some("https"),
+        "{h}"
+    );
+    assert!(
+        h.ends_with("HTTP/1.1\r\n") || h.contains(" HTTP/1.1"),
+        "an origin-form HTTP/1.1 request: {h}"
+    );
 
-    curl(&ca, g.listen, "/h1", "http", HOST, &["-H", "x-forwarded-proto: https"]);
+    curl(
+        &ca,
+        g.listen,
+        "/h1",
+        "http",
+        HOST,
+        &["-H", "x-forwarded-proto: https"],
+    );
     let h = head("/h1");
     assert_eq!(
         header(&h, "x-forwarded-proto").as_deref(),
         Some("https"),
         "a trusted proxy's (loopback) value is kept: {h}"
     );
-    curl(&ca, g.listen, "/untrusted", "http", HOST, &["--interface", "127.0.0.2", "-H", "x-forwarded-proto: https"]);
+    curl(
+        &ca,
+        g.listen,
+        "/untrusted",
+        "http",
+        HOST,
+        &["--interface", "127.0.0.2", "-H", "x-forwarded-proto: https"],
+    );
     let h = head("/untrusted");
-    assert_eq!(header(&h, "x-forwarded-proto").as_deref(), Some("http"), "ours: {h}");
+    assert_eq!(
+        header(&h, "x-forwarded-proto").as_deref(),
+        Some("http"),
+        "ours: {h}"
+    );
 }
 
 /// Serials (hex, no colons or leading zeros) of the certificates handshakes presented.
 fn norm_serial(s: &str) -> String {
-    s.replace(':', "").trim_start_matches('0').to_ascii_uppercase()
+    s.replace(':', "")
+        .trim_start_matches('0')
+        .to_ascii_uppercase()
 }
 
 fn tls_client(ca: &Path, addr: SocketAddr) -> reqwest::Client {
@@ -262,7 +353,14 @@ async fn served_serial(client: &reqwest::Client, url: &str) -> Result<String, St
 }
 
 async fn metric(g: &Graysplit, name: &str) -> Option<f64> {
-    let text = common::client().get(g.admin_url("/metrics")).send().await.ok()?.text().await.ok()?;
+    let text = common::client()
+        .get(g.admin_url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
     graysplit::metrics::text_format::parse(&text)
         .ok()?
         .into_iter()
@@ -283,11 +381,21 @@ async fn a_replaced_certificate_serves_at_once_and_a_broken_one_keeps_the_old() 
     let first = norm_serial(&certs::serial(&certs_dir.path().join("site.leaf")));
     let files = [
         ("base.conf", format!("{}\n", base.line(""))),
-        ("site.crt", std::fs::read_to_string(certs_dir.path().join("site.crt")).unwrap()),
-        ("site.key", std::fs::read_to_string(certs_dir.path().join("site.key")).unwrap()),
+        (
+            "site.crt",
+            std::fs::read_to_string(certs_dir.path().join("site.crt")).unwrap(),
+        ),
+        (
+            "site.key",
+            std::fs::read_to_string(certs_dir.path().join("site.key")).unwrap(),
+        ),
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let g = Graysplit::start_with(&opts, &format!("[pools.base]\nfile = \"base.conf\"\n{}", tls_toml("")), &refs);
+    let g = Graysplit::start_with(
+        &opts,
+        &format!("[pools.base]\nfile = \"base.conf\"\n{}", tls_toml("")),
+        &refs,
+    );
 
     // A request loop, one handshake per request; every answer's serial is recorded in order.
     let url = format!("https://{HOST}:{}/", tls.port());
@@ -297,8 +405,8 @@ async fn a_replaced_certificate_serves_at_once_and_a_broken_one_keeps_the_old() 
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut tasks = Vec::new();
     for _ in 0..2 {
-        let (client, url, stop, ok, failed, seen, errors) = (
-            tls_client(&ca, tls),
+        let (ca, url, stop, ok, failed, seen, errors) = (
+            ca.clone(),
             url.clone(),
             stop.clone(),
             ok.clone(),
@@ -308,7 +416,9 @@ async fn a_replaced_certificate_serves_at_once_and_a_broken_one_keeps_the_old() 
         );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                match served_serial(&client, &url).await {
+                // A client per request: a fresh TLS session each time (a resumed one shows the
+                // certificate of the session it resumes, not the one in service now).
+                match served_serial(&tls_client(&ca, tls), &url).await {
                     Ok(s) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                         seen.lock().unwrap().push(s);
@@ -335,44 +445,84 @@ async fn a_replaced_certificate_serves_at_once_and_a_broken_one_keeps_the_old() 
     certs::leaf(next.path(), "site", HOST);
     let second = norm_serial(&certs::serial(&next.path().join("site.leaf")));
     assert_ne!(first, second);
-    g.write_file("site.key", &std::fs::read_to_string(next.path().join("site.key")).unwrap());
-    g.write_file("site.crt", &std::fs::read_to_string(next.path().join("site.crt")).unwrap());
-    let switched_at = eventually(Duration::from_secs(10), "handshakes with the new serial", || {
-        let s = seen.lock().unwrap();
-        let at = s.iter().position(|x| *x == second);
-        async move { at }
-    })
+    g.write_file(
+        "site.key",
+        &std::fs::read_to_string(next.path().join("site.key")).unwrap(),
+    );
+    g.write_file(
+        "site.crt",
+        &std::fs::read_to_string(next.path().join("site.crt")).unwrap(),
+    );
+    let switched_at = eventually(
+        Duration::from_secs(10),
+        "handshakes with the new serial",
+        || {
+            let s = seen.lock().unwrap();
+            let at = s.iter().position(|x| *x == second);
+            async move { at }
+        },
+    )
     .await;
     {
         let s = seen.lock().unwrap();
         let after: Vec<&String> = s[switched_at..].iter().filter(|x| **x != second).collect();
         // Two loops: at most the one handshake the other loop had in flight at the swap.
-        assert!(after.len() <= 1, "the old serial after the new one: {after:?}");
+        assert!(
+            after.len() <= 1,
+            "the old serial after the new one: {after:?}"
+        );
     }
 
     // A broken replacement: the old (second) certificate keeps serving, the metric says so.
-    g.write_file("site.crt", "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n");
-    eventually(Duration::from_secs(10), "the reload failure metric", || async {
-        (metric(&g, "graysplit_tls_certificate_reload_failing").await == Some(1.0)).then_some(())
-    })
+    g.write_file(
+        "site.crt",
+        "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n",
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the reload failure metric",
+        || async {
+            (metric(&g, "graysplit_tls_certificate_reload_failing").await == Some(1.0))
+                .then_some(())
+        },
+    )
     .await;
     let mark = seen.lock().unwrap().len();
-    eventually(Duration::from_secs(10), "more handshakes after the broken file", || {
-        let n = seen.lock().unwrap().len();
-        async move { (n >= mark + 20).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "more handshakes after the broken file",
+        || {
+            let n = seen.lock().unwrap().len();
+            async move { (n >= mark + 20).then_some(()) }
+        },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
     }
     let s = seen.lock().unwrap();
-    assert!(s[mark..].iter().all(|x| *x == second), "still the second certificate");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "{:?}", errors.lock().unwrap());
+    assert!(
+        s[mark..].iter().all(|x| *x == second),
+        "still the second certificate"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{:?}",
+        errors.lock().unwrap()
+    );
     assert!(ok.load(Ordering::Relaxed) > 40);
     assert!(metric(&g, "graysplit_tls_certificate_reload_errors_total").await >= Some(1.0));
-    assert!(g.log().contains("still serving the previous one"), "{}", g.log());
-    println!("{} handshakes, 0 failed, switched at #{switched_at}", ok.load(Ordering::Relaxed));
+    assert!(
+        g.log().contains("still serving the previous one"),
+        "{}",
+        g.log()
+    );
+    println!(
+        "{} handshakes, 0 failed, switched at #{switched_at}",
+        ok.load(Ordering::Relaxed)
+    );
 }
 
 #[test]
@@ -387,8 +537,14 @@ fn sighup_reloads_at_once() {
     let ca = site_certs(certs_dir.path());
     let files = [
         ("base.conf", format!("{}\n", base.line(""))),
-        ("site.crt", std::fs::read_to_string(certs_dir.path().join("site.crt")).unwrap()),
-        ("site.key", std::fs::read_to_string(certs_dir.path().join("site.key")).unwrap()),
+        (
+            "site.crt",
+            std::fs::read_to_string(certs_dir.path().join("site.crt")).unwrap(),
+        ),
+        (
+            "site.key",
+            std::fs::read_to_string(certs_dir.path().join("site.key")).unwrap(),
+        ),
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let toml = "[pools.base]\nfile = \"base.conf\"\n[tls]\nreload_interval = \"1h\"\n\
@@ -396,16 +552,27 @@ fn sighup_reloads_at_once() {
     let g = Graysplit::start_with(&opts, toml, &refs);
     certs::leaf(certs_dir.path(), "next", HOST);
     let want = norm_serial(&certs::serial(&certs_dir.path().join("next.leaf")));
-    g.write_file("site.key", &std::fs::read_to_string(certs_dir.path().join("next.key")).unwrap());
-    g.write_file("site.crt", &std::fs::read_to_string(certs_dir.path().join("next.crt")).unwrap());
+    g.write_file(
+        "site.key",
+        &std::fs::read_to_string(certs_dir.path().join("next.key")).unwrap(),
+    );
+    g.write_file(
+        "site.crt",
+        &std::fs::read_to_string(certs_dir.path().join("next.crt")).unwrap(),
+    );
     g.signal(libc::SIGHUP);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let client = tls_client(&ca, tls);
         let url = format!("https://{HOST}:{}/", tls.port());
-        eventually(Duration::from_secs(10), "the new serial after SIGHUP", || async {
-            (served_serial(&client, &url).await.ok() == Some(want.clone())).then_some(())
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the new serial after SIGHUP",
+            || async {
+                // A fresh client each time: no resumed TLS session.
+                (served_serial(&tls_client(&ca, tls), &url).await.ok() == Some(want.clone()))
+                    .then_some(())
+            },
+        )
         .await;
     });
     assert!(g.log().contains("SIGHUP"), "{}", g.log());
@@ -418,7 +585,10 @@ fn plain_http_is_redirected_to_https_except_acme_and_hsts_rides_on_tls() {
     let opts = ServerOptions {
         extra_listeners: vec![
             format!("{{ addr = \"{tls}\", tls = true }}"),
-            format!("{{ addr = \"{redirect}\", https_redirect = true, https_port = {} }}", tls.port()),
+            format!(
+                "{{ addr = \"{redirect}\", https_redirect = true, https_port = {} }}",
+                tls.port()
+            ),
         ],
         ..ServerOptions::default()
     };
@@ -426,29 +596,73 @@ fn plain_http_is_redirected_to_https_except_acme_and_hsts_rides_on_tls() {
     let ca = site_certs(dir.path());
     let files = [
         ("base.conf", format!("{}\n", base.line(""))),
-        ("site.crt", std::fs::read_to_string(dir.path().join("site.crt")).unwrap()),
-        ("site.key", std::fs::read_to_string(dir.path().join("site.key")).unwrap()),
+        (
+            "site.crt",
+            std::fs::read_to_string(dir.path().join("site.crt")).unwrap(),
+        ),
+        (
+            "site.key",
+            std::fs::read_to_string(dir.path().join("site.key")).unwrap(),
+        ),
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let toml = format!("[pools.base]\nfile = \"base.conf\"\n{}", tls_toml("hsts = \"max-age=600\""));
+    let toml = format!(
+        "[pools.base]\nfile = \"base.conf\"\n{}",
+        tls_toml("hsts = \"max-age=600\"")
+    );
     let g = Graysplit::start_with(&opts, &toml, &refs);
 
     let r = curl(&ca, redirect, "/a/b.html?x=1&y=%20z", "http", HOST, &[]);
     assert_eq!(r.status, 308, "{r:?}");
     let want = format!("https://{HOST}:{}/a/b.html?x=1&y=%20z", tls.port());
     assert_eq!(r.header("location"), Some(want.as_str()));
-    assert_eq!(r.header("strict-transport-security"), None, "never over plain HTTP");
+    assert_eq!(
+        r.header("strict-transport-security"),
+        None,
+        "never over plain HTTP"
+    );
     let head = curl(&ca, redirect, "/p?q", "http", HOST, &["-I"]);
     assert_eq!(head.status, 308);
-    assert!(head.body.is_empty());
+    assert!(
+        !head.body.contains("Permanent Redirect:"),
+        "no body for HEAD: {head:?}"
+    );
 
     // Followed by curl: HTTP/2 over TLS, with HSTS.
-    let followed = curl(&ca, redirect, "/?from=http", "http", HOST, &["-L", "-H", "sec-fetch-dest: document"]);
-    assert_eq!((followed.status, followed.version.as_str()), (200, "2"), "{followed:?}");
-    assert_eq!(followed.header("strict-transport-security"), Some("max-age=600"));
+    let resolve_tls = format!("{HOST}:{}:{}", tls.port(), tls.ip());
+    let followed = curl(
+        &ca,
+        redirect,
+        "/?from=http",
+        "http",
+        HOST,
+        &[
+            "-L",
+            "--resolve",
+            &resolve_tls,
+            "-H",
+            "sec-fetch-dest: document",
+        ],
+    );
+    assert_eq!(
+        (followed.status, followed.version.as_str()),
+        (200, "2"),
+        "{followed:?}"
+    );
+    assert_eq!(
+        followed.header("strict-transport-security"),
+        Some("max-age=600")
+    );
 
     // The ACME HTTP-01 path is proxied over plain HTTP (the fixture has no such file: 404).
-    let acme = curl(&ca, redirect, "/.well-known/acme-challenge/token-1", "http", HOST, &[]);
+    let acme = curl(
+        &ca,
+        redirect,
+        "/.well-known/acme-challenge/token-1",
+        "http",
+        HOST,
+        &[],
+    );
     assert_ne!(acme.status, 308, "{acme:?}");
     assert_eq!(acme.header("x-graysplit-pool"), Some("base"));
 
@@ -462,12 +676,17 @@ fn plain_http_is_redirected_to_https_except_acme_and_hsts_rides_on_tls() {
 /// back (empty when the connection was closed without an answer).
 fn raw_exchange(bind: &str, to: SocketAddr, preface: &[u8], path: &str) -> String {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&bind.parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket
+        .bind(&bind.parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     socket.connect(&to.into()).unwrap();
     let mut s: std::net::TcpStream = socket.into();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = s.write_all(preface);
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+    );
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
@@ -476,7 +695,9 @@ fn raw_exchange(bind: &str, to: SocketAddr, preface: &[u8], path: &str) -> Strin
 /// The same over TLS (rustls, trusting `ca`), the PROXY header sent before the handshake.
 fn tls_exchange(bind: &str, to: SocketAddr, preface: &[u8], path: &str, ca: &Path) -> String {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&bind.parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket
+        .bind(&bind.parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     socket.connect(&to.into()).unwrap();
     let mut tcp: std::net::TcpStream = socket.into();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -488,14 +709,21 @@ fn tls_exchange(bind: &str, to: SocketAddr, preface: &[u8], path: &str, ca: &Pat
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let conn = rustls::ClientConnection::new(Arc::new(config), HOST.try_into().unwrap()).unwrap();
     let mut s = rustls::StreamOwned::new(conn, tcp);
-    if write!(s, "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").is_err() {
+    if write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
         return String::new();
     }
     let mut out = Vec::new();
@@ -506,8 +734,14 @@ fn tls_exchange(bind: &str, to: SocketAddr, preface: &[u8], path: &str, ca: &Pat
 fn v2_header(src: &str, dst: SocketAddr, local: bool) -> Vec<u8> {
     use ppp::v2;
     let src: SocketAddr = src.parse().unwrap();
-    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (src, dst) else { unreachable!() };
-    let command = if local { v2::Command::Local } else { v2::Command::Proxy };
+    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (src, dst) else {
+        unreachable!()
+    };
+    let command = if local {
+        v2::Command::Local
+    } else {
+        v2::Command::Proxy
+    };
     v2::Builder::with_addresses(
         v2::Version::Two | command,
         v2::Protocol::Stream,
@@ -547,8 +781,14 @@ fn proxy_protocol_names_the_client_for_trusted_peers_only() {
     let files = [
         ("base.conf", format!("{}\n", base.line(""))),
         ("gray.conf", format!("server {};\n", gray.addr)),
-        ("site.crt", std::fs::read_to_string(dir.path().join("site.crt")).unwrap()),
-        ("site.key", std::fs::read_to_string(dir.path().join("site.key")).unwrap()),
+        (
+            "site.crt",
+            std::fs::read_to_string(dir.path().join("site.crt")).unwrap(),
+        ),
+        (
+            "site.key",
+            std::fs::read_to_string(dir.path().join("site.key")).unwrap(),
+        ),
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let toml = format!(
@@ -570,42 +810,99 @@ fn proxy_protocol_names_the_client_for_trusted_peers_only() {
     };
 
     // From loopback (trusted): v1 and v2 on the plain listener, v2 before the TLS handshake.
-    let v1 = format!("PROXY TCP4 203.0.113.7 127.0.0.1 50000 {}\r\n", plain_pp.port());
+    let v1 = format!(
+        "PROXY TCP4 203.0.113.7 127.0.0.1 50000 {}\r\n",
+        plain_pp.port()
+    );
     let answers = [
-        ("/v1", raw_exchange("127.0.0.1:0", plain_pp, v1.as_bytes(), "/v1")),
-        ("/v2", raw_exchange("127.0.0.1:0", plain_pp, &v2_header("203.0.113.7:50001", plain_pp, false), "/v2")),
-        ("/v2-tls", tls_exchange("127.0.0.1:0", tls_pp, &v2_header("203.0.113.7:50002", tls_pp, false), "/v2-tls", &ca)),
+        (
+            "/v1",
+            raw_exchange("127.0.0.1:0", plain_pp, v1.as_bytes(), "/v1"),
+        ),
+        (
+            "/v2",
+            raw_exchange(
+                "127.0.0.1:0",
+                plain_pp,
+                &v2_header("203.0.113.7:50001", plain_pp, false),
+                "/v2",
+            ),
+        ),
+        (
+            "/v2-tls",
+            tls_exchange(
+                "127.0.0.1:0",
+                tls_pp,
+                &v2_header("203.0.113.7:50002", tls_pp, false),
+                "/v2-tls",
+                &ca,
+            ),
+        ),
     ];
     for (path, a) in &answers {
         assert!(a.starts_with("HTTP/1.1 200"), "{path}: {a}");
-        assert_eq!(header_line(a, "x-graysplit-pool"), Some("gray"), "{path}: the whitelisted client: {a}");
+        assert_eq!(
+            header_line(a, "x-graysplit-pool"),
+            Some("gray"),
+            "{path}: the whitelisted client: {a}"
+        );
         let h = gray_head(path);
         assert_eq!(header_line(&h, "x-real-ip"), Some("203.0.113.7"), "{h}");
-        assert_eq!(header_line(&h, "x-forwarded-for"), Some("203.0.113.7"), "{h}");
+        assert_eq!(
+            header_line(&h, "x-forwarded-for"),
+            Some("203.0.113.7"),
+            "{h}"
+        );
     }
-    assert_eq!(header_line(&gray_head("/v2-tls"), "x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        header_line(&gray_head("/v2-tls"), "x-forwarded-proto"),
+        Some("https")
+    );
 
     // LOCAL (a balancer's own health check): the socket's address, not whitelisted.
-    let local = raw_exchange("127.0.0.1:0", plain_pp, &v2_header("203.0.113.7:1", plain_pp, true), "/local");
-    assert_eq!(header_line(&local, "x-graysplit-pool"), Some("base"), "{local}");
+    let local = raw_exchange(
+        "127.0.0.1:0",
+        plain_pp,
+        &v2_header("203.0.113.7:1", plain_pp, true),
+        "/local",
+    );
+    assert_eq!(
+        header_line(&local, "x-graysplit-pool"),
+        Some("base"),
+        "{local}"
+    );
     // A trusted peer that sends no header: closed.
     assert_eq!(raw_exchange("127.0.0.1:0", plain_pp, b"", "/none"), "");
 
     // From 127.0.0.2 (not in trusted_proxies): closed, whatever the header says.
-    assert_eq!(raw_exchange("127.0.0.2:0", plain_pp, v1.as_bytes(), "/untrusted"), "");
+    assert_eq!(
+        raw_exchange("127.0.0.2:0", plain_pp, v1.as_bytes(), "/untrusted"),
+        ""
+    );
     let v2 = v2_header("203.0.113.7:50003", tls_pp, false);
-    assert_eq!(tls_exchange("127.0.0.2:0", tls_pp, &v2, "/untrusted-tls", &ca), "");
+    assert_eq!(
+        tls_exchange("127.0.0.2:0", tls_pp, &v2, "/untrusted-tls", &ca),
+        ""
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let refused = rt.block_on(async {
         eventually(Duration::from_secs(5), "the refusals counted", || async {
-            metric(&g, "graysplit_proxy_protocol_refused_total{reason=\"untrusted\"}")
-                .await
-                .filter(|n| *n >= 2.0)
+            metric(
+                &g,
+                "graysplit_proxy_protocol_refused_total{reason=\"untrusted\"}",
+            )
+            .await
+            .filter(|n| *n >= 2.0)
         })
         .await
     });
     assert_eq!(refused, 2.0);
-    assert!(!gray.requests.lock().unwrap().iter().any(|h| h.contains("/untrusted")));
+    assert!(!gray
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|h| h.contains("/untrusted")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -627,8 +924,14 @@ async fn an_upgrade_hands_over_tls_and_ipv6_listeners() {
     let ca = site_certs(dir.path());
     let files = [
         ("base.conf", format!("{}\n", base.line(""))),
-        ("site.crt", std::fs::read_to_string(dir.path().join("site.crt")).unwrap()),
-        ("site.key", std::fs::read_to_string(dir.path().join("site.key")).unwrap()),
+        (
+            "site.crt",
+            std::fs::read_to_string(dir.path().join("site.crt")).unwrap(),
+        ),
+        (
+            "site.key",
+            std::fs::read_to_string(dir.path().join("site.key")).unwrap(),
+        ),
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let toml = format!("[pools.base]\nfile = \"base.conf\"\n{}", tls_toml(""));
@@ -648,20 +951,36 @@ async fn an_upgrade_hands_over_tls_and_ipv6_listeners() {
             let mut b = reqwest::Client::builder().timeout(Duration::from_secs(10));
             if let Some(addr) = tls {
                 let pem = std::fs::read(&ca).unwrap();
-                b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap()).resolve(HOST, addr);
+                b = b
+                    .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+                    .resolve(HOST, addr);
             }
             if !keepalive {
                 b = b.pool_max_idle_per_host(0);
             }
-            let (client, url, stop, ok, failed, errors) =
-                (b.build().unwrap(), url.clone(), stop.clone(), ok.clone(), failed.clone(), errors.clone());
+            let (client, url, stop, ok, failed, errors) = (
+                b.build().unwrap(),
+                url.clone(),
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+                errors.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let result = async {
-                        let r = client.get(&url).send().await.map_err(|e| format!("{e:?}"))?;
+                        let r = client
+                            .get(&url)
+                            .send()
+                            .await
+                            .map_err(|e| format!("{e:?}"))?;
                         let status = r.status();
                         r.bytes().await.map_err(|e| format!("{e:?}"))?;
-                        if status == 200 { Ok(()) } else { Err(format!("status {status}")) }
+                        if status == 200 {
+                            Ok(())
+                        } else {
+                            Err(format!("status {status}"))
+                        }
                     }
                     .await;
                     match result {
@@ -703,21 +1022,44 @@ async fn an_upgrade_hands_over_tls_and_ipv6_listeners() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "{:#?}", errors.lock().unwrap());
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{:#?}",
+        errors.lock().unwrap()
+    );
     let new_log = g.log();
     for addr in [tls4, tls6] {
         let hits = std::process::Command::new("curl")
-            .args(["-sS", "--http2", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--cacert"])
+            .args([
+                "-sS",
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+                "--cacert",
+            ])
             .arg(&ca)
             .arg("--resolve")
             .arg(format!("{HOST}:{}:{}", addr.port(), addr.ip()))
             .arg(format!("https://{HOST}:{}/", addr.port()))
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&hits.stdout), "200 2", "{addr} after the upgrade");
+        assert_eq!(
+            String::from_utf8_lossy(&hits.stdout),
+            "200 2",
+            "{addr} after the upgrade"
+        );
     }
-    assert!(new_log.contains(&format!("listening on {tls6} tls h2")), "{new_log}");
-    println!("{} requests across the upgrade, 0 failed", ok.load(Ordering::Relaxed));
+    assert!(
+        new_log.contains(&format!("listening on {tls6} tls h2")),
+        "{new_log}"
+    );
+    println!(
+        "{} requests across the upgrade, 0 failed",
+        ok.load(Ordering::Relaxed)
+    );
 }
 
 #[test]
@@ -742,11 +1084,21 @@ fn graysplit_t_names_every_bad_certificate_with_its_path_and_reason() {
     let out = common::proc::run(&["-t", "-c", d.join("graysplit.toml").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    let p = |n: &str| std::fs::canonicalize(d).unwrap().join(n).display().to_string();
+    let p = |n: &str| {
+        std::fs::canonicalize(d)
+            .unwrap()
+            .join(n)
+            .display()
+            .to_string()
+    };
     for (key, path, reason) in [
         ("tls.certificates[1].cert", p("missing.crt"), "cannot read"),
         ("tls.certificates[2].cert", p("adir"), "cannot read"),
-        ("tls.certificates[3].key", p("other.key"), "does not belong to the first certificate"),
+        (
+            "tls.certificates[3].key",
+            p("other.key"),
+            "does not belong to the first certificate",
+        ),
         ("tls.certificates[4].cert", p("old.crt"), "expired on"),
     ] {
         let line = err
@@ -756,5 +1108,8 @@ fn graysplit_t_names_every_bad_certificate_with_its_path_and_reason() {
         assert!(line.contains(reason), "{line}");
     }
     assert!(err.contains("test failed (4 errors)"), "{err}");
-    assert!(!err.contains("tls.certificates[0]"), "the good pair passes: {err}");
+    assert!(
+        !err.contains("tls.certificates[0]"),
+        "the good pair passes: {err}"
+    );
 }

@@ -290,7 +290,10 @@ mod tests {
         let (crt3, key3) = self_signed(third.path(), "site", "site.test", 90);
         std::fs::copy(&key3, &key).unwrap();
         assert_eq!(store.check(now()), 0);
-        assert_eq!(value(&reg, "graysplit_tls_certificate_reload_errors_total"), None);
+        assert_eq!(
+            value(&reg, "graysplit_tls_certificate_reload_errors_total"),
+            None
+        );
         std::fs::copy(&crt3, &crt).unwrap();
         assert_eq!(store.check(now()), 1, "both files replaced: swapped");
 
@@ -299,7 +302,10 @@ mod tests {
         let serial = store.serials();
         std::fs::write(&key, "not a key\n").unwrap();
         assert_eq!(store.check(now()), 0);
-        assert_eq!(value(&reg, "graysplit_tls_certificate_reload_errors_total"), None);
+        assert_eq!(
+            value(&reg, "graysplit_tls_certificate_reload_errors_total"),
+            None
+        );
         assert_eq!(store.check(now()), 0);
         assert_eq!(store.check(now()), 0);
         assert_eq!(served(&resolver), good);

@@ -52,8 +52,21 @@ pub fn ca(dir: &Path) -> PathBuf {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-subj", "/CN=graysplit test CA", "-days", "30", "-keyout", "ca.key", "-out", "ca.crt",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=graysplit test CA",
+            "-days",
+            "30",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
         ],
     );
     dir.join("ca.crt")
@@ -62,20 +75,37 @@ pub fn ca(dir: &Path) -> PathBuf {
 /// A leaf for `cn` and `*.cn` issued by the CA in `dir` (see [`ca`]), with a random serial:
 /// `<dir>/<name>.crt` holds the chain (leaf, then the CA), `<dir>/<name>.key` its key.
 pub fn leaf(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
-    let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.leaf"));
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.leaf"),
+    );
     openssl(
         dir,
         &[
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-subj", &format!("/CN={cn}"), "-keyout", &key, "-out", &csr,
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
         ],
     );
     let ext = format!("{name}.ext");
     std::fs::write(
         dir.join(&ext),
-        format!("subjectAltName=DNS:{cn},DNS:*.{cn}
+        format!(
+            "subjectAltName=DNS:{cn},DNS:*.{cn}
 basicConstraints=CA:FALSE
-"),
+"
+        ),
     )
     .expect("ext file");
     openssl(
