@@ -82,7 +82,10 @@ async fn browser(driver: &ChromeDriver, profile: &std::path::Path) -> Client {
             ],
         }),
     );
-    caps.insert("timeouts".into(), json!({"pageLoad": 15_000, "script": 5_000}));
+    caps.insert(
+        "timeouts".into(),
+        json!({"pageLoad": 15_000, "script": 5_000}),
+    );
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     ClientBuilder::new(connector)
         .capabilities(caps)
@@ -132,7 +135,12 @@ async fn report(c: &Client) -> Report {
         builds: [s("document"), s("script"), s("stylesheet")],
         protocols: v["protocols"]
             .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default(),
         url: s("url"),
     }
@@ -168,8 +176,14 @@ async fn chromium_over_https_and_http2_keeps_one_build_per_page() {
     certs::leaf(certs_dir.path(), "site", "site.test");
     let read = |n: &str| std::fs::read_to_string(certs_dir.path().join(n)).unwrap();
     let files = [
-        ("base.conf", format!("{} # build={BASE_BUILD}\n", base.line(""))),
-        ("gray.conf", format!("{} # build={GRAY_BUILD}\n", gray.line(""))),
+        (
+            "base.conf",
+            format!("{} # build={BASE_BUILD}\n", base.line("")),
+        ),
+        (
+            "gray.conf",
+            format!("{} # build={GRAY_BUILD}\n", gray.line("")),
+        ),
         ("site.crt", read("site.crt")),
         ("site.key", read("site.key")),
     ];
@@ -193,12 +207,21 @@ async fn chromium_over_https_and_http2_keeps_one_build_per_page() {
     let r = report(&c).await;
     assert_eq!(r.single_build(), Some(BASE_BUILD), "{r:?}");
     assert!(r.all_h2(), "page and assets over HTTP/2: {r:?}");
-    let pin = c.get_named_cookie("graysplit").await.expect("the pin cookie");
-    assert!(pin.value().starts_with(&format!("v1.base.{BASE_BUILD}.")), "{pin:?}");
+    let pin = c
+        .get_named_cookie("graysplit")
+        .await
+        .expect("the pin cookie");
+    assert!(
+        pin.value().starts_with(&format!("v1.base.{BASE_BUILD}.")),
+        "{pin:?}"
+    );
     assert_eq!(pin.secure(), Some(true), "Secure over TLS: {pin:?}");
 
     // 2. Whitelisted the seed's way: a reload is gray everywhere, still h2.
-    assert_eq!(redis.cli(&["set", "127.0.0.1", "127.0.0.1"]).as_deref(), Some("OK"));
+    assert_eq!(
+        redis.cli(&["set", "127.0.0.1", "127.0.0.1"]).as_deref(),
+        Some("OK")
+    );
     let r = eventually(Duration::from_secs(10), "a reload to be gray", || async {
         c.refresh().await.ok()?;
         let r = report(&c).await;
@@ -207,8 +230,14 @@ async fn chromium_over_https_and_http2_keeps_one_build_per_page() {
     .await;
     assert_eq!(r.single_build(), Some(GRAY_BUILD), "{r:?}");
     assert!(r.all_h2(), "{r:?}");
-    let pin = c.get_named_cookie("graysplit").await.expect("the pin cookie");
-    assert!(pin.value().starts_with(&format!("v1.gray.{GRAY_BUILD}.")), "{pin:?}");
+    let pin = c
+        .get_named_cookie("graysplit")
+        .await
+        .expect("the pin cookie");
+    assert!(
+        pin.value().starts_with(&format!("v1.gray.{GRAY_BUILD}.")),
+        "{pin:?}"
+    );
     std::fs::write(
         screenshot_dir().join("https-gray.png"),
         c.screenshot().await.expect("screenshot"),

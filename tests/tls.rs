@@ -501,9 +501,9 @@ async fn a_replaced_certificate_serves_at_once_and_a_broken_one_keeps_the_old() 
     for t in tasks {
         t.await.unwrap();
     }
-    let s = seen.lock().unwrap();
+    let after_broken: Vec<String> = seen.lock().unwrap()[mark..].to_vec();
     assert!(
-        s[mark..].iter().all(|x| *x == second),
+        after_broken.iter().all(|x| *x == second),
         "still the second certificate"
     );
     assert_eq!(
@@ -1071,15 +1071,13 @@ fn graysplit_t_names_every_bad_certificate_with_its_path_and_reason() {
     certs::expired(d, "old", "old.test");
     std::fs::create_dir(d.join("adir")).unwrap();
     std::fs::write(d.join("base.conf"), "server 127.0.0.1:1;\n").unwrap();
-    let conf = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\", {{ addr = \"127.0.0.1:1\", tls = true }}]\n\
+    let conf = "[server]\nlisten = [\"127.0.0.1:0\", { addr = \"127.0.0.1:1\", tls = true }]\n\
          [pools.base]\nfile = \"base.conf\"\n\
          [[tls.certificates]]\ncert = \"good.crt\"\nkey = \"good.key\"\n\
          [[tls.certificates]]\ncert = \"missing.crt\"\nkey = \"good.key\"\n\
          [[tls.certificates]]\ncert = \"adir\"\nkey = \"good.key\"\n\
          [[tls.certificates]]\ncert = \"good.crt\"\nkey = \"other.key\"\n\
-         [[tls.certificates]]\ncert = \"old.crt\"\nkey = \"old.key\"\n"
-    );
+         [[tls.certificates]]\ncert = \"old.crt\"\nkey = \"old.key\"\n";
     std::fs::write(d.join("graysplit.toml"), conf).unwrap();
     let out = common::proc::run(&["-t", "-c", d.join("graysplit.toml").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -38,7 +38,7 @@ pub enum ListenEntry {
     Table(ListenTable),
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct ListenTable {
     pub addr: String,
@@ -52,20 +52,6 @@ pub struct ListenTable {
     /// `None`: on for IPv6 addresses (as nginx's `ipv6only=on`), so `[::]:80` and `0.0.0.0:80`
     /// can both be listed.
     pub ipv6_only: Option<bool>,
-}
-
-impl Default for ListenTable {
-    fn default() -> Self {
-        Self {
-            addr: String::new(),
-            tls: false,
-            http2: None,
-            proxy_protocol: false,
-            https_redirect: false,
-            https_port: None,
-            ipv6_only: None,
-        }
-    }
 }
 
 impl Default for ListenSection {
