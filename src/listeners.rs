@@ -19,7 +19,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use log::{debug, info};
+use log::{debug, info, warn};
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{ListenerConfig, Listeners, PreTlsProcess, TcpSocketOptions};
@@ -29,6 +29,7 @@ use pingora::protocols::{GetSocketDigest, SocketDigest, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounterVec, Opts, Registry};
 
+use crate::gray::client_ip;
 use crate::proxy::forwarded::canonical_ip;
 use crate::proxy_protocol::{self, Proxied, Refused};
 use crate::tls::resolver::SniResolver;
@@ -149,6 +150,9 @@ pub struct ProxyGate {
     table: Arc<ListenerTable>,
     trusted: Vec<IpNet>,
     refused: IntCounterVec,
+    /// Reasons already logged at warn: the first refusal of each kind is worth a log line (a
+    /// balancer missing from trusted_proxies refuses everything), the rest only count.
+    warned: parking_lot::Mutex<Vec<&'static str>>,
 }
 
 impl ProxyGate {
@@ -169,6 +173,7 @@ impl ProxyGate {
             table,
             trusted,
             refused,
+            warned: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -193,7 +198,9 @@ impl ProxyGate {
             .and_then(PingoraAddr::as_inet)
             .map(|a| canonical_ip(a.ip()));
         let result = match peer {
-            Some(ip) if is_trusted(ip, &self.trusted) => proxy_protocol::read(stream).await,
+            Some(ip) if client_ip::is_trusted(ip, &self.trusted) => {
+                proxy_protocol::read(stream).await
+            }
             Some(ip) => Err(Refused::Untrusted(ip)),
             None => Err(Refused::Malformed("the peer has no IP address".into())),
         };
@@ -209,15 +216,27 @@ impl ProxyGate {
             Ok(Proxied::Local) => Ok(()),
             Err(e) => {
                 self.refused.with_label_values(&[e.label()]).inc();
-                debug!("proxy_protocol: closing a connection: {e}");
+                let first = {
+                    let mut w = self.warned.lock();
+                    let first = !w.contains(&e.label());
+                    if first {
+                        w.push(e.label());
+                    }
+                    first
+                };
+                if first {
+                    warn!(
+                        "proxy_protocol: closing a connection: {e} (further ones are only \
+                         counted: graysplit_proxy_protocol_refused_total{{reason=\"{}\"}})",
+                        e.label()
+                    );
+                } else {
+                    debug!("proxy_protocol: closing a connection: {e}");
+                }
                 Err(e)
             }
         }
     }
-}
-
-fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
-    trusted.iter().any(|n| n.contains(&ip))
 }
 
 #[async_trait::async_trait]

@@ -897,6 +897,15 @@ fn proxy_protocol_names_the_client_for_trusted_peers_only() {
         .await
     });
     assert_eq!(refused, 2.0);
+    assert_eq!(
+        g.log()
+            .matches("only counted: graysplit_proxy_protocol_refused_total{reason=\"untrusted\"}")
+            .count(),
+        1,
+        "graysplit logs the first refusal, then only counts (Pingora itself logs every failed \
+         TLS handshake): {}",
+        g.log()
+    );
     assert!(!gray
         .requests
         .lock()

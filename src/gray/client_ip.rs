@@ -49,7 +49,7 @@ pub fn resolve(
 /// `ip` is canonical, so an IPv4 address is also looked up in its IPv4-mapped form: an IPv6
 /// network in `trusted_proxies` that holds `::ffff:10.0.0.1` (`::ffff:10.0.0.0/104`, `::/0`)
 /// trusts that peer, which is `10.0.0.1` by then.
-fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     let mapped = match ip {
         IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
         IpAddr::V6(_) => None,

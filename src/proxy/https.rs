@@ -61,10 +61,10 @@ pub fn forwarded_proto(client_sent: Option<&[u8]>, peer_trusted: bool, tls: bool
 }
 
 impl GraySplit {
-    /// Early, once per request: the transport and listener, and `Host` from `:authority` on an
+    /// Early, once per request: the transport (TLS or not) and listener, and `Host` from `:authority` on an
     /// HTTP/2 request that has none (RFC 9113 §8.3.1), so that rules, the pin and the `Host` sent
     /// upstream read one header whatever the protocol.
-    pub(super) fn on_connection(&self, session: &mut Session, ctx: &mut RequestCtx) {
+    pub(super) fn read_transport(&self, session: &mut Session, ctx: &mut RequestCtx) {
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let listener = session
             .server_addr()
@@ -136,11 +136,7 @@ impl GraySplit {
         ctx: &RequestCtx,
     ) -> Result<()> {
         let trusted = ctx.peer_ip.is_some_and(|ip| {
-            self.settings
-                .https
-                .trusted_proxies
-                .iter()
-                .any(|n| n.contains(&ip))
+            crate::gray::client_ip::is_trusted(ip, &self.settings.https.trusted_proxies)
         });
         let sent = session
             .req_header()

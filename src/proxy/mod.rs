@@ -133,7 +133,7 @@ impl ProxyHttp for GraySplit {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| forwarded::canonical_ip(a.ip()));
-        self.on_connection(session, ctx);
+        self.read_transport(session, ctx);
         Ok(())
     }
 
