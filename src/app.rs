@@ -14,12 +14,11 @@ use crate::config::Config;
 use crate::gray::consul_switches::ConsulSwitches;
 use crate::gray::{GrayEngine, GrayUpkeep};
 use crate::lifecycle::{linger_for, DrainWatch, Draining, Lingering};
-use crate::listeners::{self, Entrypoint, ListenerTable, ProxyGate};
+use crate::listeners::Edge;
 use crate::metrics::Metrics;
 use crate::pin::Pinner;
 use crate::proxy::https::HttpsSettings;
 use crate::proxy::{GraySplit, ProxySettings};
-use crate::tls::reload::{CertReloader, CertStore};
 use crate::upstream::checker::HealthChecker;
 use crate::upstream::consul::ConsulClient;
 use crate::upstream::consul::{ConsulSource, ConsulStatus, ConsulWatcher};
@@ -109,9 +108,11 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     ));
     let consul = consul_source(config, &pools, &mut server)?;
 
-    let listeners = Arc::new(ListenerTable::new(config.server.listen.clone()));
-    let certs = certificates(config, &metrics, &mut server)?;
-    let gate = proxy_gate(config, &listeners, &metrics)?;
+    // The public listeners: certificates loaded and checked now (a bad one stops the start).
+    let edge = Edge::new(config, metrics.registry())?;
+    if let Some(reloader) = edge.reloader(config.tls.reload_interval) {
+        server.add_service(background_service("tls certificate reload", reloader));
+    }
 
     // Set the moment SIGQUIT or SIGTERM arrives: answers then close their connection cleanly.
     let draining = Draining::default();
@@ -129,7 +130,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         metrics: metrics.clone(),
         pin: Arc::new(pinner(config)),
         draining,
-        https: https_settings(config, &listeners),
+        https: HttpsSettings::new(config, edge.table.clone()),
     };
     let gray = Arc::new(GrayEngine::new(config.gray.clone())?);
     server.add_service(background_service(
@@ -157,25 +158,16 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     // just-accepted connection before its first request arrives (lifecycle.rs).
     let mut proxy = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());
     proxy.handle_init_modules();
-    proxy.h2_options = Some(h2_options(&config.tls.h2));
-    proxy.server_options = Some(server_options(&config.tls.h2));
+    proxy.h2_options = Some(config.tls.h2.h2_options());
+    proxy.server_options = Some(config.tls.h2.server_options());
     let mut proxy_service = Service::new(
         "graysplit".to_string(),
-        Entrypoint {
-            app: Arc::new(Lingering {
-                app: Arc::new(proxy),
-                linger: linger_for(config.server.grace_period),
-            }),
-            gate: gate.clone(),
-        },
+        edge.entrypoint(Lingering {
+            app: Arc::new(proxy),
+            linger: linger_for(config.server.grace_period),
+        }),
     );
-    let resolver = certs.as_ref().map(|c| c.resolver());
-    listeners::add_endpoints(
-        proxy_service.endpoints(),
-        &listeners,
-        resolver.as_ref(),
-        gate,
-    )?;
+    edge.add_endpoints(proxy_service.endpoints())?;
     let checker = server.add_service(background_service(
         "health checks",
         HealthChecker::new(checked_pools(&pools), metrics.clone()),
@@ -201,82 +193,6 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         pools,
         consul,
     })
-}
-
-/// The certificates, when a listener has TLS: all loaded and checked now (a bad one stops the
-/// start with its path and reason), then watched for changes.
-fn certificates(
-    config: &Config,
-    metrics: &Metrics,
-    server: &mut Server,
-) -> Result<Option<Arc<CertStore>>, String> {
-    if !config.server.listen.iter().any(|l| l.tls) {
-        return Ok(None);
-    }
-    let tls_metrics = crate::tls::metrics::TlsMetrics::new(metrics.registry())
-        .map_err(|e| format!("cannot set up TLS metrics: {e}"))?;
-    let now = crate::pin::unix_now() as i64;
-    let store = CertStore::load(&config.tls.certificates, tls_metrics, now).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(|e| format!("tls: {e}")).collect();
-        lines.join("\n")
-    })?;
-    let store = Arc::new(store);
-    server.add_service(background_service(
-        "tls certificate reload",
-        CertReloader {
-            store: store.clone(),
-            interval: config.tls.reload_interval,
-        },
-    ));
-    Ok(Some(store))
-}
-
-/// The PROXY protocol reader, when a listener expects the header.
-fn proxy_gate(
-    config: &Config,
-    listeners: &Arc<ListenerTable>,
-    metrics: &Metrics,
-) -> Result<Option<Arc<ProxyGate>>, String> {
-    if !config.server.listen.iter().any(|l| l.proxy_protocol) {
-        return Ok(None);
-    }
-    let gate = ProxyGate::new(
-        listeners.clone(),
-        config.gray.trusted_proxies.clone(),
-        metrics.registry(),
-    )
-    .map_err(|e| format!("cannot set up PROXY protocol metrics: {e}"))?;
-    Ok(Some(Arc::new(gate)))
-}
-
-fn https_settings(config: &Config, listeners: &Arc<ListenerTable>) -> HttpsSettings {
-    HttpsSettings {
-        listeners: listeners.clone(),
-        // Validated in config::tls.
-        hsts: config
-            .tls
-            .hsts
-            .as_deref()
-            .and_then(|h| http::HeaderValue::from_str(h).ok()),
-        redirect_exempt: config.tls.redirect_exempt.clone(),
-        trusted_proxies: config.gray.trusted_proxies.clone(),
-    }
-}
-
-/// HTTP/2 limits (TLS listeners): set deliberately rather than the h2 crate's defaults (a 16 MiB
-/// header list, unlimited streams).
-fn h2_options(h2: &crate::tls::H2Limits) -> pingora::protocols::http::v2::server::H2Options {
-    let mut o = pingora::protocols::http::v2::server::H2Options::new();
-    o.max_concurrent_streams(h2.max_concurrent_streams)
-        .max_header_list_size(h2.max_header_list_size);
-    o
-}
-
-/// Closes an HTTP/2 connection idle that long (Pingora keeps them forever otherwise: issue 563).
-fn server_options(h2: &crate::tls::H2Limits) -> pingora::apps::HttpServerOptions {
-    let mut o = pingora::apps::HttpServerOptions::default();
-    o.h2_idle_timeout = Some(h2.idle_timeout);
-    o
 }
 
 /// The pin keys; without a configured secret a random one, and a warning saying what that costs.

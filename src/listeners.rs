@@ -1,6 +1,7 @@
 //! The public listeners: from the validated `server.listen` list to Pingora endpoints, and, per
 //! connection, which listener it came in on.
 //!
+//! - [`Edge`] holds what the listeners share (table, certificates, PROXY gate), built once.
 //! - [`add_endpoints`] turns the list into endpoints of one Pingora [`Listeners`] set: TCP with
 //!   `IPV6_V6ONLY` on IPv6 addresses (nginx's default, so `[::]:80` and `0.0.0.0:80` coexist),
 //!   TLS through rustls with our SNI resolver (`crate::tls`) and ALPN `h2, http/1.1` (or
@@ -29,9 +30,12 @@ use pingora::protocols::{GetSocketDigest, SocketDigest, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounterVec, Opts, Registry};
 
+use crate::config::Config;
 use crate::gray::client_ip;
 use crate::proxy::forwarded::canonical_ip;
 use crate::proxy_protocol::{self, Proxied, Refused};
+use crate::tls::metrics::TlsMetrics;
+use crate::tls::reload::{CertReloader, CertStore};
 use crate::tls::resolver::SniResolver;
 
 /// One validated `server.listen` entry.
@@ -90,6 +94,63 @@ impl ListenerTable {
         local
             .and_then(|a| self.find(a))
             .is_some_and(|l| l.proxy_protocol)
+    }
+}
+
+/// Everything the public listeners need, built from the config once: the listener table, the
+/// certificates (loaded and checked now) and the PROXY protocol gate. A service per core (later)
+/// can be given the same endpoints by calling [`Edge::add_endpoints`] on each.
+pub struct Edge {
+    pub table: Arc<ListenerTable>,
+    pub certs: Option<Arc<CertStore>>,
+    pub gate: Option<Arc<ProxyGate>>,
+}
+
+impl Edge {
+    /// Loads every certificate when a listener has TLS: any bad pair is an error naming its file
+    /// and the reason, one line each.
+    pub fn new(config: &Config, registry: &Registry) -> Result<Edge, String> {
+        let table = Arc::new(ListenerTable::new(config.server.listen.clone()));
+        let certs = if table.all().iter().any(|l| l.tls) {
+            let metrics =
+                TlsMetrics::new(registry).map_err(|e| format!("cannot set up TLS metrics: {e}"))?;
+            let now = crate::pin::unix_now() as i64;
+            let store =
+                CertStore::load(&config.tls.certificates, metrics, now).map_err(|errors| {
+                    let lines: Vec<String> = errors.iter().map(|e| format!("tls: {e}")).collect();
+                    lines.join("\n")
+                })?;
+            Some(Arc::new(store))
+        } else {
+            None
+        };
+        let gate = if table.all().iter().any(|l| l.proxy_protocol) {
+            let gate = ProxyGate::new(table.clone(), config.gray.trusted_proxies.clone(), registry)
+                .map_err(|e| format!("cannot set up PROXY protocol metrics: {e}"))?;
+            Some(Arc::new(gate))
+        } else {
+            None
+        };
+        Ok(Edge { table, certs, gate })
+    }
+
+    /// The background service that reloads the certificates (when there are any).
+    pub fn reloader(&self, interval: std::time::Duration) -> Option<CertReloader> {
+        let store = self.certs.clone()?;
+        Some(CertReloader { store, interval })
+    }
+
+    /// `app` behind the PROXY protocol gate of plain listeners.
+    pub fn entrypoint<A>(&self, app: A) -> Entrypoint<A> {
+        Entrypoint {
+            app: Arc::new(app),
+            gate: self.gate.clone(),
+        }
+    }
+
+    pub fn add_endpoints(&self, endpoints: &mut Listeners) -> Result<(), String> {
+        let resolver = self.certs.as_ref().map(|c| c.resolver());
+        add_endpoints(endpoints, &self.table, resolver.as_ref(), self.gate.clone())
     }
 }
 

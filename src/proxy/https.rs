@@ -31,6 +31,22 @@ pub struct HttpsSettings {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+impl HttpsSettings {
+    pub fn new(config: &crate::config::Config, listeners: Arc<ListenerTable>) -> HttpsSettings {
+        HttpsSettings {
+            listeners,
+            // Validated in config::tls.
+            hsts: config
+                .tls
+                .hsts
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok()),
+            redirect_exempt: config.tls.redirect_exempt.clone(),
+            trusted_proxies: config.gray.trusted_proxies.clone(),
+        }
+    }
+}
+
 /// `https://host[:port]/path?query`; the port only when it is not 443.
 pub fn redirect_location(host: &str, port: u16, path_and_query: &str) -> String {
     let path = if path_and_query.starts_with('/') {

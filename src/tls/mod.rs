@@ -47,6 +47,24 @@ impl Default for H2Limits {
     }
 }
 
+impl H2Limits {
+    /// The HTTP/2 settings announced to clients: set deliberately rather than the h2 crate's
+    /// defaults (a 16 MiB header list).
+    pub fn h2_options(&self) -> pingora::protocols::http::v2::server::H2Options {
+        let mut o = pingora::protocols::http::v2::server::H2Options::new();
+        o.max_concurrent_streams(self.max_concurrent_streams)
+            .max_header_list_size(self.max_header_list_size);
+        o
+    }
+
+    /// Closes an HTTP/2 connection idle that long (Pingora keeps them forever otherwise).
+    pub fn server_options(&self) -> pingora::apps::HttpServerOptions {
+        let mut o = pingora::apps::HttpServerOptions::default();
+        o.h2_idle_timeout = Some(self.idle_timeout);
+        o
+    }
+}
+
 /// Validated `[tls]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
