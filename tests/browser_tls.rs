@@ -191,12 +191,20 @@ async fn chromium_over_https_and_http2_keeps_one_build_per_page() {
     // The browser connects from 127.0.0.1: with no trusted proxies that address is the client.
     let toml = format!(
         "[pools.base]\nfile = \"base.conf\"\n[pools.gray]\nfile = \"gray.conf\"\n\
-         [gray]\ntrusted_proxies = []\n[gray.redis]\nurl = \"{}\"\ncache_ttl = \"0s\"\n\
+         [gray]\ntrusted_proxies = []\n[gray.redis]\nurl = \"{}\"\ncache_ttl = \"0s\"\ntimeout = \"2s\"\n\
          [pin]\nsecrets = [\"browser-test-secret-0123456789\"]\n\
          [[tls.certificates]]\ncert = \"site.crt\"\nkey = \"site.key\"\n",
         redis.url()
     );
     let _g = Graysplit::start_with(&opts, &toml, &refs);
+    // The harness waits for the first listener; Pingora binds the others right after it.
+    for addr in [tls, redirect] {
+        eventually_sync(
+            Duration::from_secs(10),
+            "the TLS and redirect listeners",
+            || TcpStream::connect(addr).ok().map(|_| ()),
+        );
+    }
     let driver = ChromeDriver::start();
     let profile = tempfile::tempdir().expect("profile dir");
     let c = browser(&driver, profile.path()).await;

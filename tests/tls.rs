@@ -33,6 +33,25 @@ fn tls_toml(extra: &str) -> String {
     format!("[tls]\nreload_interval = \"100ms\"\n{extra}\n[[tls.certificates]]\ncert = \"site.crt\"\nkey = \"site.key\"\n")
 }
 
+/// Starts graysplit and waits until every extra listener accepts too: the harness waits for the
+/// first (plain) one, and Pingora binds a service's endpoints one after another.
+fn start(
+    opts: &ServerOptions,
+    toml: &str,
+    files: &[(&str, &str)],
+    extra: &[SocketAddr],
+) -> Graysplit {
+    let g = Graysplit::start_with(opts, toml, files);
+    for addr in extra {
+        common::eventually_sync(
+            Duration::from_secs(10),
+            &format!("{addr} to listen"),
+            || std::net::TcpStream::connect(addr).ok().map(|_| ()),
+        );
+    }
+    g
+}
+
 /// One answer as curl saw it.
 #[derive(Debug)]
 struct Resp {
@@ -149,7 +168,7 @@ fn curl_over_tls_http1_and_http2_decide_and_pin_as_plain_http() {
         ),
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let g = Graysplit::start_with(&opts, &pools, &refs);
+    let g = start(&opts, &pools, &refs, &[tls]);
 
     let page = ["-H", "sec-fetch-dest: document"];
     let canary = ["-H", "sec-fetch-dest: document", "-H", "x-canary: 1"];
@@ -253,10 +272,11 @@ fn upstreams_get_the_host_from_authority_and_x_forwarded_proto() {
         ),
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let g = Graysplit::start_with(
+    let g = start(
         &opts,
         &format!("[pools.base]\nfile = \"base.conf\"\n{}", tls_toml("")),
         &refs,
+        &[tls],
     );
     let head = |path: &str| {
         up.requests
@@ -391,10 +411,11 @@ async fn a_replaced_certificate_serves_at_once_and_a_broken_one_keeps_the_old() 
         ),
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let g = Graysplit::start_with(
+    let g = start(
         &opts,
         &format!("[pools.base]\nfile = \"base.conf\"\n{}", tls_toml("")),
         &refs,
+        &[tls],
     );
 
     // A request loop, one handshake per request; every answer's serial is recorded in order.
@@ -549,7 +570,7 @@ fn sighup_reloads_at_once() {
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let toml = "[pools.base]\nfile = \"base.conf\"\n[tls]\nreload_interval = \"1h\"\n\
                 [[tls.certificates]]\ncert = \"site.crt\"\nkey = \"site.key\"\n";
-    let g = Graysplit::start_with(&opts, toml, &refs);
+    let g = start(&opts, toml, &refs, &[tls]);
     certs::leaf(certs_dir.path(), "next", HOST);
     let want = norm_serial(&certs::serial(&certs_dir.path().join("next.leaf")));
     g.write_file(
@@ -610,7 +631,7 @@ fn plain_http_is_redirected_to_https_except_acme_and_hsts_rides_on_tls() {
         "[pools.base]\nfile = \"base.conf\"\n{}",
         tls_toml("hsts = \"max-age=600\"")
     );
-    let g = Graysplit::start_with(&opts, &toml, &refs);
+    let g = start(&opts, &toml, &refs, &[tls, redirect]);
 
     let r = curl(&ca, redirect, "/a/b.html?x=1&y=%20z", "http", HOST, &[]);
     assert_eq!(r.status, 308, "{r:?}");
@@ -793,11 +814,11 @@ fn proxy_protocol_names_the_client_for_trusted_peers_only() {
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let toml = format!(
         "[pools.base]\nfile = \"base.conf\"\n[pools.gray]\nfile = \"gray.conf\"\n\
-         [gray]\n[gray.redis]\nurl = \"{}\"\n{}",
+         [gray]\n[gray.redis]\nurl = \"{}\"\ntimeout = \"2s\"\n{}",
         redis.url(),
         tls_toml("")
     );
-    let g = Graysplit::start_with(&opts, &toml, &refs);
+    let g = start(&opts, &toml, &refs, &[plain_pp, tls_pp]);
     let gray_head = |path: &str| {
         gray.requests
             .lock()
@@ -944,7 +965,7 @@ async fn an_upgrade_hands_over_tls_and_ipv6_listeners() {
     ];
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let toml = format!("[pools.base]\nfile = \"base.conf\"\n{}", tls_toml(""));
-    let mut g = Graysplit::start_with(&opts, &toml, &refs);
+    let mut g = start(&opts, &toml, &refs, &[tls4, tls6]);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -1031,13 +1052,14 @@ async fn an_upgrade_hands_over_tls_and_ipv6_listeners() {
     for t in tasks {
         t.await.unwrap();
     }
+    let new_log = g.log();
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
-        "{:#?}",
-        errors.lock().unwrap()
+        "{:#?}\n--- old process:\n{}\n--- new process:\n{new_log}",
+        errors.lock().unwrap().iter().take(5).collect::<Vec<_>>(),
+        old.log()
     );
-    let new_log = g.log();
     for addr in [tls4, tls6] {
         let hits = std::process::Command::new("curl")
             .args([
@@ -1150,7 +1172,7 @@ fn http2_limits_are_announced_and_an_idle_connection_is_closed() {
              http2_max_header_list_size = 32768"
         )
     );
-    let _g = Graysplit::start_with(&opts, &toml, &refs);
+    let _g = start(&opts, &toml, &refs, &[tls]);
 
     // nghttp (Debian nghttp2-client) prints the server's SETTINGS: the configured limits.
     let out = Command::new("nghttp")

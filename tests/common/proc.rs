@@ -33,6 +33,7 @@ pub struct ServerOptions {
     pub env: Vec<(&'static str, String)>,
     /// More `server.listen` entries after the plain one on [`Graysplit::listen`], as TOML (an
     /// address string or an inline table such as `{ addr = "127.0.0.1:8443", tls = true }`).
+    /// Start waits for the plain one only: wait for these yourself (Pingora binds them after it).
     pub extra_listeners: Vec<String>,
 }
 
