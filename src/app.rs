@@ -14,8 +14,10 @@ use crate::config::Config;
 use crate::gray::consul_switches::ConsulSwitches;
 use crate::gray::{GrayEngine, GrayUpkeep};
 use crate::lifecycle::{linger_for, DrainWatch, Draining, Lingering};
+use crate::listeners::Edge;
 use crate::metrics::Metrics;
 use crate::pin::Pinner;
+use crate::proxy::https::HttpsSettings;
 use crate::proxy::{GraySplit, ProxySettings};
 use crate::upstream::checker::HealthChecker;
 use crate::upstream::consul::ConsulClient;
@@ -145,6 +147,12 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         None => Arc::new(ConsulStatus::default()),
     };
 
+    // The public listeners: certificates loaded and checked now (a bad one stops the start).
+    let edge = Edge::new(config, metrics.registry())?;
+    if let Some(reloader) = edge.reloader(config.tls.reload_interval) {
+        server.add_service(background_service("tls certificate reload", reloader));
+    }
+
     // Set the moment SIGQUIT or SIGTERM arrives: answers then close their connection cleanly.
     let draining = Draining::default();
     let phases = server.watch_execution_phase();
@@ -170,6 +178,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
             .request_id_header
             .clone()
             .map(|h| Arc::new(crate::proxy::request_id::RequestIds::new(h))),
+        https: HttpsSettings::new(config, edge.table.clone()),
     };
     server.add_service(background_service(
         "gray upkeep",
@@ -196,14 +205,16 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     // just-accepted connection before its first request arrives (lifecycle.rs).
     let mut proxy = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());
     proxy.handle_init_modules();
+    proxy.h2_options = Some(config.tls.h2.h2_options());
+    proxy.server_options = Some(config.tls.h2.server_options());
     let mut proxy_service = Service::new(
         "graysplit".to_string(),
-        Lingering {
+        edge.entrypoint(Lingering {
             app: Arc::new(proxy),
             linger: linger_for(config.server.grace_period),
-        },
+        }),
     );
-    proxy_service.add_tcp(&config.server.listen.to_string());
+    edge.add_endpoints(proxy_service.endpoints())?;
     let checker = server.add_service(background_service(
         "health checks",
         HealthChecker::new(checked_pools(&pools), metrics.clone()),
@@ -331,10 +342,24 @@ pub fn check(config: &Config) -> Result<String, crate::config::ConfigErrors> {
             }),
         }
     }
+    // Every certificate, even when no listener uses TLS yet: a test run should say what would
+    // fail once one does.
+    let now = crate::pin::unix_now() as i64;
+    for (i, c) in config.tls.certificates.iter().enumerate() {
+        if let Err(e) = crate::tls::certs::load(c, now) {
+            let which = if e.path == c.key { "key" } else { "cert" };
+            errors.push(ConfigError {
+                key: format!("tls.certificates[{i}].{which}"),
+                value: Some(e.path.display().to_string()),
+                rule: e.reason,
+            });
+        }
+    }
     if errors.is_empty() {
         Ok(format!(
-            "{} pool(s), {servers} server(s)",
-            config.pools.len()
+            "{} pool(s), {servers} server(s), {} certificate(s)",
+            config.pools.len(),
+            config.tls.certificates.len()
         ))
     } else {
         Err(crate::config::ConfigErrors {

@@ -235,6 +235,11 @@ impl Metrics {
         self.conditional.with_label_values(&[outcome]).inc();
     }
 
+    /// The registry behind `/metrics`, for modules that keep their own metrics (`crate::tls`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// A pin cookie that was ignored (`malformed`, `version`, `forged`, `expired`, `stale`).
     pub fn pin_rejected(&self, why: &str) {
         self.pin_rejected.with_label_values(&[why]).inc();

@@ -28,12 +28,15 @@ pub struct FileConfig {
     pub cache: super::cache::CacheSection,
     /// The visitor id cookie (`[visitor]`).
     pub visitor: super::visitor::VisitorSection,
+    /// Certificates, HTTP/2 limits, HSTS (`[tls]`).
+    pub tls: super::tls::TlsSection,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct ServerSection {
-    pub listen: String,
+    /// One address, or a list of addresses and listener tables (`super::listen`).
+    pub listen: super::listen::ListenSection,
     pub admin_listen: String,
     pub threads: usize,
     pub pid_file: String,
@@ -49,7 +52,7 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:8080".into(),
+            listen: super::listen::ListenSection::default(),
             admin_listen: "127.0.0.1:9901".into(),
             threads: 2,
             pid_file: "/run/graysplit/graysplit.pid".into(),

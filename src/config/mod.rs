@@ -12,8 +12,10 @@ pub mod duration;
 pub mod file;
 pub mod gray;
 pub mod health;
+pub mod listen;
 pub mod pin;
 pub mod visitor;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -84,11 +86,14 @@ pub struct Config {
     pub admin: admin::AdminSettings,
     /// `[cache]`: caching headers of responses decided per client.
     pub cache: crate::http_cache::CacheSettings,
+    /// `[tls]`: certificates and what goes with TLS listeners.
+    pub tls: crate::tls::TlsSettings,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    /// The public listeners, at least one.
+    pub listen: Vec<crate::listeners::Listener>,
     pub admin_listen: SocketAddr,
     pub threads: usize,
     pub pid_file: PathBuf,
@@ -296,7 +301,8 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: file::FileConfig, path: &Path, base_dir: &Path) -> Config {
-        let server = self.server(&raw.server, base_dir);
+        let tls = self.tls(&raw.tls, base_dir);
+        let server = self.server(&raw.server, base_dir, !tls.certificates.is_empty());
         let upstream = self.upstream(&raw.upstream);
         let consul = self.consul(&raw.consul);
         // Bad addresses are reported on their own; "no addresses" only when none were written.
@@ -341,25 +347,27 @@ impl Validator<'_> {
             pin,
             admin,
             cache,
+            tls,
         }
     }
 
-    fn server(&mut self, s: &file::ServerSection, base_dir: &Path) -> ServerConfig {
-        let listen = self.addr("server.listen", &s.listen);
+    fn server(&mut self, s: &file::ServerSection, base_dir: &Path, tls: bool) -> ServerConfig {
+        let listen = self.listeners(&s.listen, tls);
         let admin_listen = self.addr("server.admin_listen", &s.admin_listen);
-        if listen.port() != 0 && listen.port() == admin_listen.port() {
-            let overlaps = listen.ip() == admin_listen.ip()
-                || listen.ip().is_unspecified()
-                || admin_listen.ip().is_unspecified();
-            if overlaps {
-                self.error(
-                    "server.admin_listen",
-                    &s.admin_listen,
-                    format!(
-                        "clashes with server.listen = {:?}: the admin listener needs its own port",
-                        s.listen
-                    ),
-                );
+        for l in listen.iter().map(|l| l.addr) {
+            if l.port() != 0 && l.port() == admin_listen.port() {
+                let overlaps = l.ip() == admin_listen.ip()
+                    || l.ip().is_unspecified()
+                    || admin_listen.ip().is_unspecified();
+                if overlaps {
+                    self.error(
+                        "server.admin_listen",
+                        &s.admin_listen,
+                        format!(
+                            "clashes with server.listen = \"{l}\": the admin listener needs its own port"
+                        ),
+                    );
+                }
             }
         }
         if s.threads == 0 || s.threads > 1024 {

@@ -17,7 +17,9 @@ const MINIMAL: &str = "[pools.base]\nfile = \"pools/base.conf\"\n";
 #[test]
 fn minimal_config_gets_documented_defaults() {
     let c = load(MINIMAL).unwrap();
-    assert_eq!(c.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(c.server.listen.len(), 1);
+    assert_eq!(c.server.listen[0].addr, "0.0.0.0:8080".parse().unwrap());
+    assert!(!c.server.listen[0].tls);
     assert_eq!(c.server.admin_listen, "127.0.0.1:9901".parse().unwrap());
     assert_eq!(c.server.keepalive_timeout, Duration::from_secs(65));
     assert_eq!(c.upstream.tries, 2);

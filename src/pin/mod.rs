@@ -199,6 +199,16 @@ impl Pinner {
         out
     }
 
+    /// As [`Pinner::set_cookie`], for a response sent over TLS: always `Secure` (the browser then
+    /// never sends the pin over plain HTTP), whatever `pin.secure` says for plain listeners.
+    pub fn set_cookie_tls(&self, pool: &str, build: &str, now: u64) -> String {
+        let mut cookie = self.set_cookie(pool, build, now);
+        if !self.settings.secure {
+            cookie.push_str("; Secure");
+        }
+        cookie
+    }
+
     /// Should a page that confirmed `pin` send it again? With `max_age` the browser's copy
     /// slides on every page. Without, once the pin is older than a tenth of the grace (or half
     /// the lifetime, if that is shorter): the re-issued pin carries this page's decision time, so

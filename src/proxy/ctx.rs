@@ -58,6 +58,10 @@ pub struct RequestCtx {
     pub visitor: Option<String>,
     /// The path is a hashed immutable file (`[cache] immutable`): its caching is left alone.
     pub immutable: bool,
+    /// The request came over TLS (https).
+    pub tls: bool,
+    /// A plain request on a listener with `https_redirect`: the https port to send it to.
+    pub redirect_https: Option<u16>,
 }
 
 /// A sticky asset's wait for a momentarily unusable pinned build.
@@ -96,6 +100,8 @@ impl Default for RequestCtx {
             wait: None,
             visitor: None,
             immutable: false,
+            tls: false,
+            redirect_https: None,
         }
     }
 }

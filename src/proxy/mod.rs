@@ -1,10 +1,12 @@
 //! The request path: one `impl ProxyHttp`, each phase short and delegating to pure helpers.
 //!
 //! ```text
-//! early_request_filter   downstream keep-alive timeout
-//! request_filter         request id (request_id.rs); page or asset, read the pin, decide the
-//!                        pool once (stored in ctx; retries do not re-decide); a pinned asset
-//!                        follows its pin (pinning.rs)
+//! early_request_filter   downstream keep-alive timeout; TLS or not, which listener, Host from
+//!                        an HTTP/2 `:authority` (https.rs)
+//! request_filter         308 to https on a redirecting listener (https.rs); request id
+//!                        (request_id.rs); page or asset, read the pin, decide the pool once
+//!                        (stored in ctx; retries do not re-decide); a pinned asset follows
+//!                        its pin (pinning.rs)
 //! upstream_peer          pick a server in that pool (of the pinned build for a sticky asset),
 //!                        skipping servers this request already tried; pinned build gone → any
 //!                        server of the pool (`build_gone`); gray without a usable server → base
@@ -14,11 +16,12 @@
 //!                        retry_on_status retries GET/HEAD (passive.rs)
 //! error_while_proxy      passive failure (once per attempt) + retry of GET/HEAD on another server
 //!                        while nothing reached the client (passive.rs, nginx's proxy_next_upstream)
-//! upstream_request_filter Host / X-Real-IP / X-Forwarded-For as the seed's nginx did; request
-//!                        id; validators made to speak for the chosen server's build (caching.rs)
-//! response_filter        pin and visitor cookies; Cache-Control private / Vary for answers
-//!                        decided per client, build-tagged ETag (caching.rs); debug headers;
-//!                        request id
+//! upstream_request_filter Host / X-Real-IP / X-Forwarded-For as the seed's nginx did, and
+//!                        X-Forwarded-Proto (https.rs); request id; validators made to speak
+//!                        for the chosen server's build (caching.rs)
+//! response_filter        pin (Secure over TLS) and visitor cookies; Cache-Control private /
+//!                        Vary for answers decided per client, build-tagged ETag (caching.rs);
+//!                        debug headers; request id; HSTS over TLS
 //! fail_to_proxy          short plain 502/504 page with Retry-After, never a hang
 //! logging                access line, metrics by pool and build, passive success bookkeeping
 //! ```
@@ -26,6 +29,7 @@
 mod caching;
 pub mod ctx;
 pub mod forwarded;
+pub mod https;
 mod passive;
 mod pinning;
 pub mod request_id;
@@ -71,6 +75,8 @@ pub struct ProxySettings {
     pub draining: crate::lifecycle::Draining,
     /// Request ids (`server.request_id_header`); `None`: off.
     pub request_ids: Option<Arc<request_id::RequestIds>>,
+    /// Listeners, HSTS, the https redirect (https.rs).
+    pub https: https::HttpsSettings,
 }
 
 pub struct GraySplit {
@@ -143,10 +149,14 @@ impl ProxyHttp for GraySplit {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| forwarded::canonical_ip(a.ip()));
+        self.read_transport(session, ctx);
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        if self.redirect_to_https(session, ctx).await? {
+            return Ok(true);
+        }
         ctx.request_id = self.request_id(session.req_header(), ctx.peer_ip);
         let pin_use = self.read_pin(session, ctx);
         let req = session.req_header();
@@ -349,6 +359,7 @@ impl ProxyHttp for GraySplit {
         if let (Some(ids), Some(id)) = (&self.settings.request_ids, &ctx.request_id) {
             req.insert_header(ids.header().clone(), id.as_str())?;
         }
+        self.set_forwarded_proto(session, req, ctx)?;
         self.translate_validators(session, req, ctx)
     }
 
@@ -373,6 +384,7 @@ impl ProxyHttp for GraySplit {
         if let (Some(ids), Some(id)) = (&self.settings.request_ids, &ctx.request_id) {
             resp.insert_header(ids.header().clone(), id.as_str())?;
         }
+        self.add_hsts(resp, ctx)?;
         Ok(())
     }
 

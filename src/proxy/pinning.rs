@@ -328,7 +328,11 @@ impl GraySplit {
         };
         ctx.pin_event = Some(event);
         self.settings.metrics.pin_set(event);
-        Some(pinner.set_cookie(&pool.name, build, now))
+        Some(if ctx.tls {
+            pinner.set_cookie_tls(&pool.name, build, now)
+        } else {
+            pinner.set_cookie(&pool.name, build, now)
+        })
     }
 }
 

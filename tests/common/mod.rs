@@ -4,6 +4,7 @@
 
 pub mod chrome;
 pub mod builds;
+pub mod certs;
 pub mod consul;
 pub mod faulty;
 pub mod flaky;

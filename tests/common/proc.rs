@@ -35,6 +35,10 @@ pub struct ServerOptions {
     pub admin_ip: &'static str,
     /// More `[server]` lines (e.g. `request_id_header = "X-Trace"`).
     pub server_extra: String,
+    /// More `server.listen` entries after the plain one on [`Graysplit::listen`], as TOML (an
+    /// address string or an inline table such as `{ addr = "127.0.0.1:8443", tls = true }`).
+    /// Start waits for the plain one only: wait for these yourself (Pingora binds them after it).
+    pub extra_listeners: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -45,6 +49,7 @@ impl Default for ServerOptions {
             env: Vec::new(),
             admin_ip: "127.0.0.1",
             server_extra: String::new(),
+            extra_listeners: Vec::new(),
         }
     }
 }
@@ -84,8 +89,17 @@ impl Graysplit {
         let admin_ip: std::net::IpAddr = opts.admin_ip.parse().expect("admin_ip");
         let admin = SocketAddr::new(admin_ip, super::free_port());
         let d = dir.path().display();
+        // The single-string form unless there are more (both forms stay in use).
+        let listen_toml = if opts.extra_listeners.is_empty() {
+            format!("\"{listen}\"")
+        } else {
+            let all: Vec<String> = std::iter::once(format!("\"{listen}\""))
+                .chain(opts.extra_listeners.iter().cloned())
+                .collect();
+            format!("[{}]", all.join(", "))
+        };
         let conf = format!(
-            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\
+            "[server]\nlisten = {listen_toml}\nadmin_listen = \"{admin}\"\nthreads = 2\n\
              pid_file = \"{d}/graysplit.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
              grace_period = \"{}\"\ngraceful_shutdown_timeout = \"{}\"\n{}\n\n{extra_toml}\n",
             opts.grace_period, opts.graceful_shutdown_timeout, opts.server_extra
