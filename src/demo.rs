@@ -132,7 +132,10 @@ fn print_banner(opts: &DemoOptions, pools: &[(&str, String)]) {
     let dir = opts.dir.display();
     println!("graysplit demo");
     println!("  proxy  http://{}/", opts.listen);
-    println!("  admin  http://{}/ (dashboard), /upstream_list, /upstream_status", opts.admin);
+    println!(
+        "  admin  http://{}/ (dashboard), /upstream_list, /upstream_status",
+        opts.admin
+    );
     println!("  files  {dir}/graysplit.toml, base.conf, gray.conf, whitelist.txt, switches.conf\n");
     for (name, text) in pools {
         println!("pool {name}:");

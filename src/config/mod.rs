@@ -6,16 +6,16 @@
 //! each with its key, the bad value and the rule.
 
 pub mod admin;
-pub mod consul_address;
 pub mod cache;
+pub mod consul_address;
 pub mod duration;
 pub mod file;
 pub mod gray;
 pub mod health;
 pub mod listen;
 pub mod pin;
-pub mod visitor;
 pub mod tls;
+pub mod visitor;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -11,8 +11,8 @@ pub mod pool;
 pub mod probe;
 pub mod resolve;
 pub mod server;
-pub mod upsync_comment;
 pub mod spec;
+pub mod upsync_comment;
 pub mod upsync_format;
 
 use std::collections::BTreeMap;

@@ -2,9 +2,9 @@
 //! started. Every port comes from binding `127.0.0.1:0`; readiness is polled with a deadline.
 #![allow(dead_code)]
 
-pub mod chrome;
 pub mod builds;
 pub mod certs;
+pub mod chrome;
 pub mod consul;
 pub mod faulty;
 pub mod flaky;
