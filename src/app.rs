@@ -14,6 +14,8 @@ use crate::config::Config;
 use crate::gray::consul_switches::ConsulSwitches;
 use crate::gray::{GrayEngine, GrayUpkeep};
 use crate::lifecycle::{linger_for, DrainWatch, Draining, Lingering};
+use crate::limits::gate::Gate;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pin::Pinner;
 use crate::proxy::{GraySplit, ProxySettings};
@@ -114,11 +116,19 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         DrainWatch::new(phases, draining.clone()),
     ));
 
+    // Client limits, shared by the gate (connections, head deadline) and the request path.
+    let limits = Arc::new(Limits::new(
+        config.limits.clone(),
+        config.gray.trusted_proxies.clone(),
+        metrics.trust.clone(),
+    ));
+    info!("{}", limits.describe());
     let settings = ProxySettings {
         upstream: config.upstream.clone(),
         keepalive_timeout: config.server.keepalive_timeout,
         access_log: config.server.access_log,
-        debug_headers: config.server.debug_headers,
+        debug_headers: config.server.debug_headers.clone(),
+        limits: limits.clone(),
         metrics: metrics.clone(),
         pin: Arc::new(pinner(config)),
         draining,
@@ -149,12 +159,16 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     // just-accepted connection before its first request arrives (lifecycle.rs).
     let mut proxy = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());
     proxy.handle_init_modules();
+    // Every client connection passes the limits gate first (limits/gate.rs).
     let mut proxy_service = Service::new(
         "graysplit".to_string(),
-        Lingering {
-            app: Arc::new(proxy),
-            linger: linger_for(config.server.grace_period),
-        },
+        Gate::new(
+            Lingering {
+                app: Arc::new(proxy),
+                linger: linger_for(config.server.grace_period),
+            },
+            limits,
+        ),
     );
     proxy_service.add_tcp(&config.server.listen.to_string());
     let checker = server.add_service(background_service(

@@ -22,6 +22,10 @@
 //!
 //! `build_gone` (a pinned build with no usable server left) is a `reason` of
 //! `graysplit_requests_total`; every such request also counts as `repinned`.
+//!
+//! Client limits and user identity: [`trust`].
+
+pub mod trust;
 
 use std::time::{Duration, SystemTime};
 
@@ -76,6 +80,8 @@ pub struct Metrics {
     pin_rejected: IntCounterVec,
     pins_set: IntCounterVec,
     asset_misses: IntCounterVec,
+    /// Client limits and user identity.
+    pub trust: std::sync::Arc<trust::TrustMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -182,6 +188,7 @@ impl Metrics {
             &["pool"],
         )?;
         registry.register(Box::new(consul_age.clone()))?;
+        let trust = std::sync::Arc::new(trust::TrustMetrics::new(&registry)?);
         Ok(Self {
             registry,
             requests,
@@ -197,6 +204,7 @@ impl Metrics {
             pin_rejected,
             pins_set,
             asset_misses,
+            trust,
         })
     }
 

@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub routes: Vec<super::gray::RouteSection>,
     /// The pin cookie (`[pin]`).
     pub pin: super::pin::PinSection,
+    /// Slow and greedy clients (`[limits]`).
+    pub limits: super::limits::LimitsSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,7 +38,7 @@ pub struct ServerSection {
     pub graceful_shutdown_timeout: String,
     pub keepalive_timeout: String,
     pub access_log: bool,
-    pub debug_headers: bool,
+    pub debug_headers: super::debug_headers::DebugHeadersValue,
 }
 
 impl Default for ServerSection {
@@ -51,7 +53,7 @@ impl Default for ServerSection {
             graceful_shutdown_timeout: "5s".into(),
             keepalive_timeout: "65s".into(),
             access_log: true,
-            debug_headers: true,
+            debug_headers: Default::default(),
         }
     }
 }

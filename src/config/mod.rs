@@ -5,11 +5,15 @@
 //! durations, addresses, names, clashes) so `graysplit -t` can print them in one go, nginx-style,
 //! each with its key, the bad value and the rule.
 
+pub mod debug_headers;
 pub mod duration;
 pub mod file;
 pub mod gray;
 pub mod health;
+pub mod jwt;
+pub mod limits;
 pub mod pin;
+pub mod size;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -76,6 +80,8 @@ pub struct Config {
     pub gray: crate::gray::GraySettings,
     /// `[pin]`: the pin cookie (one page, one build).
     pub pin: crate::pin::PinSettings,
+    /// `[limits]`: slow and greedy clients.
+    pub limits: crate::limits::LimitSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +95,8 @@ pub struct ServerConfig {
     pub graceful_shutdown_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub access_log: bool,
-    pub debug_headers: bool,
+    /// Who gets `X-Graysplit-Pool` / `X-Graysplit-Reason`.
+    pub debug_headers: debug_headers::DebugHeaders,
 }
 
 /// How graysplit sets the `Host` header on proxied requests.
@@ -326,6 +333,7 @@ impl Validator<'_> {
             !consul.addresses.is_empty(),
         );
         let pin = self.pin(&raw.pin);
+        let limits = self.limits(&raw.limits);
         Config {
             path: path.to_path_buf(),
             server,
@@ -335,6 +343,7 @@ impl Validator<'_> {
             pools,
             gray,
             pin,
+            limits,
         }
     }
 
@@ -380,7 +389,7 @@ impl Validator<'_> {
             ),
             keepalive_timeout: self.duration("server.keepalive_timeout", &s.keepalive_timeout),
             access_log: s.access_log,
-            debug_headers: s.debug_headers,
+            debug_headers: self.debug_headers(&s.debug_headers),
         }
     }
 
@@ -665,7 +674,9 @@ fn shape_error(text: &str, e: &toml::de::Error) -> ConfigError {
         return syntax;
     };
     let line = text.get(..at).map_or(1, |b| b.matches('\n').count() + 1);
-    let secret = key == "consul.token" || key.starts_with("pin.secrets");
+    let secret = key == "consul.token"
+        || key.starts_with("pin.secrets")
+        || key.starts_with("gray.jwt.secret");
     let rule = if secret {
         // serde quotes the value it refused; this one is not shown.
         format!("has the wrong type (line {line}; the value is not shown: it is a secret)")
@@ -734,8 +745,10 @@ fn redact_token_lines(text: &str, message: &str) -> String {
     let mut out = message.to_string();
     for line in text.lines() {
         let trimmed = line.trim();
-        if trimmed.starts_with("token") && trimmed.len() > "token".len() {
-            out = out.replace(trimmed, "token = <redacted>");
+        for name in ["token", "secret"] {
+            if trimmed.starts_with(name) && trimmed.len() > name.len() {
+                out = out.replace(trimmed, &format!("{name} = <redacted>"));
+            }
         }
     }
     out

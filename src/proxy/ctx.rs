@@ -45,6 +45,10 @@ pub struct RequestCtx {
     pub miss_retry: bool,
     /// What happened to the pin on this response (`new`, `changed`, …), for the access log.
     pub pin_event: Option<&'static str>,
+    /// Where the user id came from, whether the peer is trusted (`gray::identity`).
+    pub identity: crate::gray::identity::Identity,
+    /// Request body bytes seen so far (`limits.client_max_body_size`).
+    pub body: crate::limits::body::BodyCount,
 }
 
 impl Default for RequestCtx {
@@ -66,6 +70,8 @@ impl Default for RequestCtx {
             routed: false,
             miss_retry: false,
             pin_event: None,
+            identity: Default::default(),
+            body: Default::default(),
         }
     }
 }

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod ctx;
+mod edge;
 pub mod forwarded;
 mod passive;
 mod pinning;
@@ -54,7 +55,10 @@ pub struct ProxySettings {
     pub upstream: UpstreamConfig,
     pub keepalive_timeout: Duration,
     pub access_log: bool,
-    pub debug_headers: bool,
+    /// Who gets `X-Graysplit-Pool` / `X-Graysplit-Reason`.
+    pub debug_headers: crate::config::debug_headers::DebugHeaders,
+    /// Client limits (body size here; connections and the head deadline in the gate).
+    pub limits: Arc<crate::limits::Limits>,
     pub metrics: Arc<Metrics>,
     pub pin: Arc<Pinner>,
     /// Set on SIGQUIT/SIGTERM: answers carry `Connection: close` (crate::lifecycle).
@@ -122,6 +126,7 @@ impl ProxyHttp for GraySplit {
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         // Pingora keeps idle client connections forever by default; nginx's keepalive_timeout.
         session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs().max(1)));
+        edge::head_read(session);
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -130,12 +135,12 @@ impl ProxyHttp for GraySplit {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        if self.refuse_large_body(session, ctx).await? {
+            return Ok(true);
+        }
         let pinned = self.read_pin(session, ctx);
+        let client = self.identify(session, ctx);
         let req = session.req_header();
-        let peer = ctx
-            .peer_ip
-            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-        let client = self.gray.client(peer, &req.headers);
         let decision = self
             .gray
             .decide(
@@ -157,6 +162,16 @@ impl ProxyHttp for GraySplit {
         ctx.decided = Some(decided);
         ctx.client = Some(client);
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        self.count_body(ctx, body)
     }
 
     async fn upstream_peer(
@@ -303,14 +318,10 @@ impl ProxyHttp for GraySplit {
                 req.insert_header(name.clone(), value.clone())?;
             }
         }
+        self.forward_identity(req, ctx)?;
         if let Some(peer) = ctx.peer_ip {
             let real_ip = ctx.client.as_ref().map(|c| c.ip).unwrap_or(peer);
-            let xff = forwarded::append_forwarded_for(
-                req.headers
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok()),
-                peer,
-            );
+            let xff = forwarded::append_forwarded_for(self.forwarded_for_to_pass(req, ctx), peer);
             req.insert_header("x-forwarded-for", xff)?;
             // Like nginx's realip module: behind a trusted proxy, X-Real-IP is the real client.
             req.insert_header("x-real-ip", real_ip.to_string())?;
@@ -332,7 +343,7 @@ impl ProxyHttp for GraySplit {
         if let Some(cookie) = self.pin_cookie(ctx, resp.status.as_u16()) {
             resp.append_header(http::header::SET_COOKIE, cookie)?;
         }
-        if self.settings.debug_headers {
+        if self.show_debug_headers(ctx) {
             if let Some(pool) = &ctx.pool {
                 resp.insert_header("x-graysplit-pool", pool.name.as_str())?;
             }
@@ -343,7 +354,7 @@ impl ProxyHttp for GraySplit {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &Error) -> bool {
         // The asset-miss guard's deliberate 404s are no proxy failures; metrics count them.
-        if is_asset_miss(e) {
+        if is_asset_miss(e) || edge::is_too_large(e) {
             return true;
         }
         // A client that went away mid-request or sent something unusable is not our error nor
@@ -380,6 +391,9 @@ impl ProxyHttp for GraySplit {
             if let Err(err) = write_error_page(session, code).await {
                 log::debug!("could not send the {code} page: {err}");
             }
+            if code == 413 {
+                edge::linger(session).await;
+            }
         }
         FailToProxy {
             error_code: code,
@@ -388,6 +402,7 @@ impl ProxyHttp for GraySplit {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        edge::request_done(session);
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
