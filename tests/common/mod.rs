@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod consul;
+pub mod edge;
 pub mod faulty;
 pub mod load;
 pub mod nginx;

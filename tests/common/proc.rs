@@ -31,6 +31,10 @@ pub struct ServerOptions {
     pub graceful_shutdown_timeout: &'static str,
     /// Extra environment for the process (e.g. `GRAYSPLIT_PIN_SECRETS`).
     pub env: Vec<(&'static str, String)>,
+    /// `server.debug_headers` as TOML. Tests read `X-Graysplit-Pool`/`-Reason` for clients named
+    /// by X-Forwarded-For, so the harness shows them to everyone (`"true"`); `None` leaves the
+    /// key out (the shipped default: local clients only).
+    pub debug_headers: Option<&'static str>,
 }
 
 impl Default for ServerOptions {
@@ -39,6 +43,7 @@ impl Default for ServerOptions {
             grace_period: "1s",
             graceful_shutdown_timeout: "1s",
             env: Vec::new(),
+            debug_headers: Some("true"),
         }
     }
 }
@@ -77,10 +82,14 @@ impl Graysplit {
         let listen = super::free_addr();
         let admin = super::free_addr();
         let d = dir.path().display();
+        let debug = opts
+            .debug_headers
+            .map(|v| format!("debug_headers = {v}\n"))
+            .unwrap_or_default();
         let conf = format!(
             "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\
              pid_file = \"{d}/graysplit.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
-             grace_period = \"{}\"\ngraceful_shutdown_timeout = \"{}\"\n\n{extra_toml}\n",
+             grace_period = \"{}\"\ngraceful_shutdown_timeout = \"{}\"\n{debug}\n{extra_toml}\n",
             opts.grace_period, opts.graceful_shutdown_timeout
         );
         std::fs::write(dir.path().join("graysplit.toml"), conf).expect("write config");
