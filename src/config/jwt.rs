@@ -289,6 +289,52 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_keys_are_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/graysplit.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text
+            .find("# [gray.jwt]\n")
+            .expect("a documented [gray.jwt]");
+        // `# key = value   # comment` lines, without the prose.
+        let section: String = text[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+            .map(|l| format!("{}\n", l.split(" #").next().unwrap_or(l).trim_end()))
+            .collect();
+        let documented: super::JwtSection = toml::from_str(&section).unwrap();
+        let d = super::JwtSection::default();
+        assert_eq!(
+            section.lines().count(),
+            11,
+            "every key documented:\n{section}"
+        );
+        assert_eq!(
+            (
+                &documented.cookie,
+                &documented.header,
+                &documented.algorithms
+            ),
+            (&d.cookie, &d.header, &d.algorithms)
+        );
+        assert_eq!(
+            (&documented.claim, &documented.leeway, documented.cache_size),
+            (&d.claim, &d.leeway, d.cache_size)
+        );
+        assert_eq!(
+            (
+                &documented.public_key,
+                &documented.jwks_file,
+                &documented.issuer,
+                &documented.audience
+            ),
+            (&d.public_key, &d.jwks_file, &d.issuer, &d.audience)
+        );
+    }
+
+    #[test]
     fn a_secret_from_the_environment_for_hs256() {
         let dir = tempfile::tempdir().unwrap();
         let c = load(

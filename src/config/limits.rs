@@ -145,6 +145,30 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/graysplit.toml");
+        let c = Config::load(&path).unwrap();
+        let d = crate::limits::LimitSettings::default();
+        let l = &c.limits;
+        assert_eq!(
+            (
+                l.client_header_timeout,
+                l.client_max_body_size,
+                l.max_connections,
+                l.max_connections_per_ip
+            ),
+            (
+                d.client_header_timeout,
+                d.client_max_body_size,
+                d.max_connections,
+                d.max_connections_per_ip
+            )
+        );
+        let default_server = load("").unwrap().server;
+        assert_eq!(c.server.debug_headers, default_server.debug_headers);
+    }
+
+    #[test]
     fn values_and_their_errors() {
         let l = load(
             "[limits]\nclient_header_timeout = \"10s\"\nclient_max_body_size = \"0\"\n\

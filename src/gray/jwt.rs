@@ -11,9 +11,10 @@
 //! - `exp` is required and, like `nbf`, honoured with `leeway`; `iss` / `aud` when configured;
 //! - a JWKS file is re-read within a second of a change (kept when the new one is unusable);
 //!   the token's `kid` picks the key;
-//! - a verified token is cached by its SHA-256 until it expires (the cache is emptied when the
-//!   keys change): an RS256 or ES256 check costs tens to hundreds of microseconds, a hash about
-//!   one (`cargo bench --bench jwt`).
+//! - a checked token is remembered by its SHA-256 (the cache is emptied when the keys change): a
+//!   valid one until it expires, a refused one (bad signature, unknown key, expired...) for as
+//!   long as it stays in the cache. An RS256 or ES256 check costs tens to hundreds of
+//!   microseconds in pure Rust, a hit under one (`bench/jwt`).
 //!
 //! A missing, bad or expired token means "no user id", never an error: counted by [`TokenCheck`]
 //! and logged at most every 10 s, without the token.
@@ -245,13 +246,19 @@ pub fn names(algorithms: &[Algorithm]) -> String {
     format!("[{}]", list.join(", "))
 }
 
-/// What is cached for a verified token.
+/// What a verified token says.
 #[derive(Debug, Clone)]
 struct Verified {
     user: Arc<str>,
     exp: u64,
     nbf: Option<u64>,
-    /// The key set it was verified with.
+}
+
+/// The outcome of checking one token, remembered by the token's hash.
+#[derive(Debug, Clone)]
+struct Cached {
+    outcome: Result<Verified, TokenCheck>,
+    /// The key set it was checked with: a change of keys makes every entry stale.
     generation: u64,
 }
 
@@ -261,13 +268,14 @@ pub struct TokenVerifier {
     keys: ArcSwap<KeySet>,
     generation: AtomicU64,
     jwks: Option<WatchedFile>,
-    cache: BoundedCache<[u8; 32], Verified>,
+    cache: BoundedCache<[u8; 32], Cached>,
     log: RateLimitedLog,
 }
 
 impl TokenVerifier {
     pub fn new(settings: JwtSettings) -> Self {
-        let mut validation = Validation::new(settings.algorithms[0]);
+        // Config validation guarantees a non-empty list; an empty one refuses every token.
+        let mut validation = Validation::new(Algorithm::RS256);
         validation.algorithms = settings.algorithms.clone();
         validation.leeway = settings.leeway.as_secs();
         validation.validate_nbf = true;
@@ -385,18 +393,38 @@ impl TokenVerifier {
         }
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(v) = self.cache.get(&hash).filter(|v| v.generation == generation) {
-            return match still_valid(&v, now, self.settings.leeway.as_secs()) {
-                Ok(()) => (Some(v.user), TokenCheck::Cached),
-                Err(why) => (None, why),
-            };
-        }
-        match self.verify(token) {
-            Ok(v) => {
-                let user = v.user.clone();
-                self.cache.insert(hash, Verified { generation, ..v });
-                (Some(user), TokenCheck::Verified)
+        match self.cache.get(&hash).filter(|c| c.generation == generation) {
+            Some(Cached { outcome: Ok(v), .. }) => {
+                return match still_valid(&v, now, self.settings.leeway.as_secs()) {
+                    Ok(()) => (Some(v.user), TokenCheck::Cached),
+                    Err(why) => (None, why),
+                };
             }
+            Some(Cached {
+                outcome: Err(why), ..
+            }) => return (None, why),
+            None => {}
+        }
+        let outcome = self.verify(token);
+        // A refusal that stays true with these keys is remembered too: a browser keeps sending
+        // its stale token with every request until the user logs in again, and each would
+        // otherwise cost a signature check. Not `not_yet_valid` (it becomes valid), and not the
+        // shapes that cost nothing to refuse (they would only crowd the cache).
+        let remember = match &outcome {
+            Ok(_) => true,
+            Err(why) => !matches!(why, TokenCheck::NotYetValid | TokenCheck::Malformed),
+        };
+        if remember {
+            self.cache.insert(
+                hash,
+                Cached {
+                    outcome: outcome.clone(),
+                    generation,
+                },
+            );
+        }
+        match outcome {
+            Ok(v) => (Some(v.user), TokenCheck::Verified),
             Err(why) => (None, why),
         }
     }
@@ -430,7 +458,6 @@ impl TokenVerifier {
             user: Arc::from(user),
             exp: number("exp").ok_or(TokenCheck::Claims)?,
             nbf: number("nbf"),
-            generation: 0,
         })
     }
 }

@@ -127,7 +127,6 @@ fn a_cached_token_still_expires() {
         user: Arc::from("alice"),
         exp: 1_000,
         nbf: Some(500),
-        generation: 0,
     };
     assert_eq!(still_valid(&v, 1_000, 30), Ok(()));
     assert_eq!(still_valid(&v, 1_030, 30), Ok(()));
@@ -177,6 +176,24 @@ fn wrong_key_none_and_garbage_are_refused() {
         "a".repeat(MAX_TOKEN_LEN)
     );
     assert_eq!(v.check(&huge).1, TokenCheck::TooLarge);
+}
+
+#[test]
+fn a_refused_token_is_remembered_so_a_stale_cookie_costs_one_check() {
+    let v = hs256();
+    let stale = hs(json!({"sub": "alice", "exp": now() - 3600}));
+    assert_eq!(v.check(&stale).1, TokenCheck::Expired);
+    assert_eq!(v.cache.len(), 1, "remembered");
+    assert_eq!(
+        v.check(&stale).1,
+        TokenCheck::Expired,
+        "answered from the cache"
+    );
+    // Not yet valid and malformed are not remembered.
+    let early = hs(json!({"sub": "a", "exp": now() + 600, "nbf": now() + 300}));
+    assert_eq!(v.check(&early).1, TokenCheck::NotYetValid);
+    assert_eq!(v.check("garbage").1, TokenCheck::Malformed);
+    assert_eq!(v.cache.len(), 1);
 }
 
 #[test]
