@@ -7,8 +7,9 @@
 //!   locally — never a per-request round trip.
 //!
 //! Per request at most one round trip (a pipeline), bounded by `timeout`. Answers are cached for
-//! `cache_ttl` (hits and misses alike, bounded size); concurrent misses for one key share one
-//! call; after `breaker_failures` failures in a row Redis is left alone for `breaker_open`.
+//! `cache_ttl` (hits and misses alike; bounded, with constant work per call: `bounded_cache`);
+//! concurrent misses for one key share one call; after `breaker_failures` failures in a row
+//! Redis is left alone for `breaker_open`.
 //! Whatever goes wrong (error, timeout, breaker open), the answer is the last one Redis gave for
 //! that client if it is younger than `stale_if_error` (so a whitelisted user stays on gray
 //! through a Redis outage), else "not whitelisted": never an error, never a stall. The price: a

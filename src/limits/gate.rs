@@ -102,7 +102,11 @@ impl Limits {
             Refused::Total => Limit::MaxConnections,
             Refused::PerIp => Limit::MaxConnectionsPerIp,
         });
-        self.refusal_log.note(|n| {
+        let log = match why {
+            Refused::Total => &self.refusal_log[0],
+            Refused::PerIp => &self.refusal_log[1],
+        };
+        log.note(|n| {
             log::warn!(
                 "limits: closed {n} connection(s) over {} in the last {}s (graysplit_client_limit_hits_total)",
                 match why {

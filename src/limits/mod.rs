@@ -70,7 +70,8 @@ pub struct Limits {
     pub connections: Arc<ConnCounter>,
     trusted_proxies: Vec<IpNet>,
     pub metrics: Arc<TrustMetrics>,
-    refusal_log: RateLimitedLog,
+    /// One per refusal kind, so each line names the limit its count belongs to.
+    refusal_log: [RateLimitedLog; 2],
 }
 
 impl std::fmt::Debug for Limits {
@@ -102,7 +103,7 @@ impl Limits {
             settings,
             trusted_proxies,
             metrics,
-            refusal_log: RateLimitedLog::new(),
+            refusal_log: [RateLimitedLog::new(), RateLimitedLog::new()],
         }
     }
 
