@@ -18,10 +18,10 @@ use pingora::apps::ServerApp;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 
-use super::conn_count::{ConnCounter, Refused};
+use super::conn_count::{ConnCounter, ConnGuard, Refused};
 use super::head_deadline::{HeadDeadline, OnCut};
 use super::Limits;
-use crate::metrics::trust::Limit;
+use crate::metrics::trust::{Limit, TrustMetrics};
 
 /// A [`ServerApp`] behind the connection limits and the head deadline.
 pub struct Gate<A> {
@@ -35,6 +35,28 @@ impl<A> Gate<A> {
             app: Arc::new(app),
             limits,
         }
+    }
+}
+
+/// A connection's place and its share of the gauge, held for its life.
+struct Open {
+    _place: ConnGuard,
+    metrics: Arc<TrustMetrics>,
+}
+
+impl Open {
+    fn new(place: ConnGuard, metrics: Arc<TrustMetrics>) -> Self {
+        metrics.connection_opened();
+        Self {
+            _place: place,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.connection_closed();
     }
 }
 
@@ -58,7 +80,7 @@ where
         let limits = &self.limits;
         let ip = peer_ip(&stream);
         let exempt = ip.is_some_and(|ip| limits.exempt_from_per_ip(ip));
-        let _place = match ConnCounter::try_acquire(&limits.connections, ip, exempt) {
+        let place = match ConnCounter::try_acquire(&limits.connections, ip, exempt) {
             Ok(guard) => guard,
             Err(why) => {
                 limits.refused(why);
@@ -66,7 +88,8 @@ where
                 return None;
             }
         };
-        limits.metrics.connections_open(limits.connections.open());
+        // Given back however the connection ends (a panicking task included).
+        let _open = Open::new(place, limits.metrics.clone());
         // An HTTP/2 connection carries many requests at once, so one head deadline per
         // connection has no meaning there (and h2c is off: plain connections are HTTP/1).
         let http1 = !matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
@@ -86,8 +109,6 @@ where
         while let Some(again) = self.app.process_new(stream, shutdown).await {
             stream = again;
         }
-        drop(_place);
-        limits.metrics.connections_open(limits.connections.open());
         None
     }
 

@@ -97,8 +97,14 @@ impl TrustMetrics {
         })
     }
 
-    pub fn connections_open(&self, n: usize) {
-        self.connections.set(i64::try_from(n).unwrap_or(i64::MAX));
+    /// A client connection passed the gate. Counted up and down (never set from a snapshot,
+    /// which two accepts at once could write in the wrong order).
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.dec();
     }
 
     pub fn limit_hit(&self, limit: Limit) {
@@ -133,7 +139,10 @@ mod tests {
         let m = TrustMetrics::new(&registry).unwrap();
         m.limit_hit(Limit::MaxConnectionsPerIp);
         m.token(TokenCheck::Expired);
-        m.connections_open(3);
+        for _ in 0..4 {
+            m.connection_opened();
+        }
+        m.connection_closed();
         let text = {
             use prometheus::Encoder;
             let mut out = Vec::new();
