@@ -14,6 +14,8 @@ use crate::config::Config;
 use crate::gray::consul_switches::ConsulSwitches;
 use crate::gray::{GrayEngine, GrayUpkeep};
 use crate::lifecycle::{linger_for, DrainWatch, Draining, Lingering};
+use crate::limits::gate::Gate;
+use crate::limits::Limits;
 use crate::listeners::Edge;
 use crate::metrics::Metrics;
 use crate::pin::Pinner;
@@ -161,11 +163,19 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         DrainWatch::new(phases, draining.clone()),
     ));
 
+    // Client limits, shared by the gate (connections, head deadline) and the request path.
+    let limits = Arc::new(Limits::new(
+        config.limits.clone(),
+        config.gray.trusted_proxies.clone(),
+        metrics.trust.clone(),
+    ));
+    info!("{}", limits.describe());
     let settings = ProxySettings {
         upstream: config.upstream.clone(),
         keepalive_timeout: config.server.keepalive_timeout,
         access_log: config.server.access_log,
-        debug_headers: config.server.debug_headers,
+        debug_headers: config.server.debug_headers.clone(),
+        limits: limits.clone(),
         metrics: metrics.clone(),
         pin: Arc::new(pinner(config)),
         cache: Arc::new(crate::http_cache::CachePolicy::new(
@@ -207,12 +217,17 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     proxy.handle_init_modules();
     proxy.h2_options = Some(config.tls.h2.h2_options());
     proxy.server_options = Some(config.tls.h2.server_options());
+    // A connection meets the PROXY protocol gate of plain listeners first (the client's real
+    // address), then the limits gate (limits/gate.rs, per client address), then the proxy.
     let mut proxy_service = Service::new(
         "graysplit".to_string(),
-        edge.entrypoint(Lingering {
-            app: Arc::new(proxy),
-            linger: linger_for(config.server.grace_period),
-        }),
+        edge.entrypoint(Gate::new(
+            Lingering {
+                app: Arc::new(proxy),
+                linger: linger_for(config.server.grace_period),
+            },
+            limits,
+        )),
     );
     edge.add_endpoints(proxy_service.endpoints())?;
     let checker = server.add_service(background_service(

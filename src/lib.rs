@@ -4,7 +4,8 @@
 //! sources (pools file, Consul), selection and health; [`proxy`] is the request path; [`pin`]
 //! keeps a page and its assets on one build; [`admin`] is the loopback admin listener; [`app`]
 //! assembles them into a Pingora server; [`demo`] is the embedded default; [`static_site`] serves
-//! frontend builds for the demo and tests.
+//! frontend builds for the demo and tests. [`limits`] bounds what slow and greedy clients cost
+//! (connections, head deadline, body size).
 
 pub mod access_log;
 pub mod admin;
@@ -15,12 +16,14 @@ pub mod demo;
 pub mod gray;
 pub mod http_cache;
 pub mod lifecycle;
+pub mod limits;
 pub mod listeners;
 pub mod metrics;
 pub mod per_core;
 pub mod pin;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod rate_limited_log;
 pub mod routes;
 pub mod secret;
 pub mod static_site;

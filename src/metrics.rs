@@ -28,8 +28,11 @@
 //! `build` is the build of the server that answered (`none`: no server was reached), bounded as
 //! [`by_build`] explains; compare builds inside a pool during a rolling deploy with e.g.
 //! `sum by (build) (rate(graysplit_requests_total{pool="base",class="5xx"}[5m]))`.
+//!
+//! Client limits and user identity: [`trust`].
 
 pub mod by_build;
+pub mod trust;
 
 use std::time::{Duration, SystemTime};
 
@@ -88,6 +91,8 @@ pub struct Metrics {
     pins_set: IntCounterVec,
     asset_misses: IntCounterVec,
     conditional: IntCounterVec,
+    /// Client limits and user identity.
+    pub trust: std::sync::Arc<trust::TrustMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -210,6 +215,7 @@ impl Metrics {
             &["pool"],
         )?;
         registry.register(Box::new(consul_age.clone()))?;
+        let trust = std::sync::Arc::new(trust::TrustMetrics::new(&registry)?);
         Ok(Self {
             registry,
             by_build: ByBuild::new(requests, upstream_seconds, passive_failures),
@@ -226,6 +232,7 @@ impl Metrics {
             pins_set,
             asset_misses,
             conditional,
+            trust,
         })
     }
 

@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub visitor: super::visitor::VisitorSection,
     /// Certificates, HTTP/2 limits, HSTS (`[tls]`).
     pub tls: super::tls::TlsSection,
+    /// Slow and greedy clients (`[limits]`).
+    pub limits: super::limits::LimitsSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,7 +47,7 @@ pub struct ServerSection {
     pub graceful_shutdown_timeout: String,
     pub keepalive_timeout: String,
     pub access_log: bool,
-    pub debug_headers: bool,
+    pub debug_headers: super::debug_headers::DebugHeadersValue,
     pub request_id_header: String,
 }
 
@@ -61,7 +63,7 @@ impl Default for ServerSection {
             graceful_shutdown_timeout: "5s".into(),
             keepalive_timeout: "65s".into(),
             access_log: true,
-            debug_headers: true,
+            debug_headers: Default::default(),
             request_id_header: "X-Request-Id".into(),
         }
     }

@@ -36,6 +36,8 @@ pub struct GraySection {
     pub redis: Option<RedisSection>,
     pub rules: Vec<RuleSection>,
     pub headers: BTreeMap<String, BTreeMap<String, String>>,
+    /// A verified user id from a signed token (`[gray.jwt]`).
+    pub jwt: Option<super::jwt::JwtSection>,
 }
 
 impl Default for GraySection {
@@ -55,6 +57,7 @@ impl Default for GraySection {
             redis: None,
             rules: Vec::new(),
             headers: BTreeMap::new(),
+            jwt: None,
         }
     }
 }
@@ -201,10 +204,11 @@ impl Validator<'_> {
             redis: g.redis.as_ref().and_then(|r| self.redis(r)),
             // Set by `[visitor]` (config/visitor.rs).
             visitor: Default::default(),
+            jwt: g.jwt.as_ref().and_then(|j| self.jwt(j, base_dir)),
         }
     }
 
-    fn header_name(&mut self, key: &str, v: &str) -> Option<HeaderName> {
+    pub(super) fn header_name(&mut self, key: &str, v: &str) -> Option<HeaderName> {
         HeaderName::from_bytes(v.trim().as_bytes())
             .map_err(|_| self.error(key, v, "must be a valid HTTP header name"))
             .ok()

@@ -8,12 +8,16 @@
 pub mod admin;
 pub mod cache;
 pub mod consul_address;
+pub mod debug_headers;
 pub mod duration;
 pub mod file;
 pub mod gray;
 pub mod health;
+pub mod jwt;
+pub mod limits;
 pub mod listen;
 pub mod pin;
+pub mod size;
 pub mod tls;
 pub mod visitor;
 
@@ -88,6 +92,8 @@ pub struct Config {
     pub cache: crate::http_cache::CacheSettings,
     /// `[tls]`: certificates and what goes with TLS listeners.
     pub tls: crate::tls::TlsSettings,
+    /// `[limits]`: slow and greedy clients.
+    pub limits: crate::limits::LimitSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -102,9 +108,10 @@ pub struct ServerConfig {
     pub graceful_shutdown_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub access_log: bool,
-    pub debug_headers: bool,
     /// The request id header (kept from trusted proxies, else generated); `None`: off.
     pub request_id_header: Option<http::HeaderName>,
+    /// Who gets `X-Graysplit-Pool` / `X-Graysplit-Reason`.
+    pub debug_headers: debug_headers::DebugHeaders,
 }
 
 /// How graysplit sets the `Host` header on proxied requests.
@@ -336,6 +343,7 @@ impl Validator<'_> {
         let pin = self.pin(&raw.pin);
         let admin = self.admin(&raw.admin, &raw.server.admin_listen);
         let cache = self.cache(&raw.cache);
+        let limits = self.limits(&raw.limits);
         Config {
             path: path.to_path_buf(),
             server,
@@ -348,6 +356,7 @@ impl Validator<'_> {
             admin,
             cache,
             tls,
+            limits,
         }
     }
 
@@ -394,7 +403,7 @@ impl Validator<'_> {
             ),
             keepalive_timeout: self.duration("server.keepalive_timeout", &s.keepalive_timeout),
             access_log: s.access_log,
-            debug_headers: s.debug_headers,
+            debug_headers: self.debug_headers(&s.debug_headers),
             request_id_header: self.request_id_header(&s.request_id_header),
         }
     }
@@ -730,7 +739,10 @@ fn shape_error(text: &str, e: &toml::de::Error) -> ConfigError {
         return syntax;
     };
     let line = text.get(..at).map_or(1, |b| b.matches('\n').count() + 1);
-    let secret = key == "consul.token" || key == "admin.token" || key.starts_with("pin.secrets");
+    let secret = key == "consul.token"
+        || key == "admin.token"
+        || key.starts_with("pin.secrets")
+        || key.starts_with("gray.jwt.secret");
     let rule = if secret {
         // serde quotes the value it refused; this one is not shown.
         format!("has the wrong type (line {line}; the value is not shown: it is a secret)")
@@ -799,8 +811,10 @@ fn redact_token_lines(text: &str, message: &str) -> String {
     let mut out = message.to_string();
     for line in text.lines() {
         let trimmed = line.trim();
-        if trimmed.starts_with("token") && trimmed.len() > "token".len() {
-            out = out.replace(trimmed, "token = <redacted>");
+        for name in ["token", "secret"] {
+            if trimmed.starts_with(name) && trimmed.len() > name.len() {
+                out = out.replace(trimmed, &format!("{name} = <redacted>"));
+            }
         }
     }
     out

@@ -23,11 +23,48 @@ pub enum ClientIpHeader {
     XRealIp,
 }
 
-/// Resolves the client address of one request.
+/// Resolves the client address of one request from its headers. Nothing is copied: several
+/// `X-Forwarded-For` headers are walked in place, as one list (RFC 9110 §5.3 allows splitting a
+/// list across headers), and only when the peer is trusted.
+pub fn resolve_headers(
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[IpNet],
+    header: ClientIpHeader,
+) -> IpAddr {
+    let forwarded_for = headers.get_all("x-forwarded-for");
+    let xff = forwarded_for.iter().map(http::HeaderValue::as_bytes);
+    resolve_from(
+        peer,
+        headers.get("x-real-ip").map(http::HeaderValue::as_bytes),
+        (forwarded_for.iter().next().is_some()).then_some(xff),
+        trusted,
+        header,
+    )
+}
+
+/// Resolves the client address from one `X-Real-IP` and one `X-Forwarded-For` value.
 pub fn resolve(
     peer: IpAddr,
     x_real_ip: Option<&[u8]>,
     x_forwarded_for: Option<&[u8]>,
+    trusted: &[IpNet],
+    header: ClientIpHeader,
+) -> IpAddr {
+    resolve_from(
+        peer,
+        x_real_ip,
+        x_forwarded_for.map(std::iter::once),
+        trusted,
+        header,
+    )
+}
+
+/// `x_forwarded_for`: the values of every XFF header, in order (`None`: no such header).
+fn resolve_from<'a>(
+    peer: IpAddr,
+    x_real_ip: Option<&[u8]>,
+    x_forwarded_for: Option<impl DoubleEndedIterator<Item = &'a [u8]>>,
     trusted: &[IpNet],
     header: ClientIpHeader,
 ) -> IpAddr {
@@ -59,17 +96,23 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
         .any(|net| net.contains(&ip) || mapped.is_some_and(|m| net.contains(&m)))
 }
 
-/// Right to left: skip trusted hops; the first untrusted hop is the client. If every hop is
-/// trusted, the leftmost is the best we know. Any garbage hop on the way voids the header.
-fn walk_forwarded_for(xff: &[u8], trusted: &[IpNet]) -> Option<IpAddr> {
-    let text = std::str::from_utf8(xff).ok()?;
+/// Right to left (the last header first): skip trusted hops; the first untrusted hop is the
+/// client. If every hop is trusted, the leftmost is the best we know. Any garbage hop on the way
+/// voids the header.
+fn walk_forwarded_for<'a>(
+    values: impl DoubleEndedIterator<Item = &'a [u8]>,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
     let mut leftmost = None;
-    for hop in text.rsplit(',') {
-        let ip = parse_ip(hop.as_bytes())?;
-        if !is_trusted(ip, trusted) {
-            return Some(ip);
+    for value in values.rev() {
+        let text = std::str::from_utf8(value).ok()?;
+        for hop in text.rsplit(',') {
+            let ip = parse_ip(hop.as_bytes())?;
+            if !is_trusted(ip, trusted) {
+                return Some(ip);
+            }
+            leftmost = Some(ip);
         }
-        leftmost = Some(ip);
     }
     leftmost
 }
@@ -170,6 +213,30 @@ mod tests {
                 real
             ),
             ip("192.168.93.182")
+        );
+    }
+
+    #[test]
+    fn several_forwarded_for_headers_are_one_list() {
+        let trusted = nets(&["127.0.0.1/32", "10.0.0.0/8"]);
+        let mut h = http::HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1, 198.51.100.7".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.2".parse().unwrap());
+        h.insert("x-real-ip", "5.5.5.5".parse().unwrap());
+        assert_eq!(
+            resolve_headers(ip("127.0.0.1"), &h, &trusted, XFF),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            resolve_headers(ip("203.0.113.1"), &h, &trusted, XFF),
+            ip("203.0.113.1"),
+            "an untrusted peer's headers are not read"
+        );
+        h.remove("x-forwarded-for");
+        assert_eq!(
+            resolve_headers(ip("127.0.0.1"), &h, &trusted, XFF),
+            ip("5.5.5.5"),
+            "no XFF: X-Real-IP"
         );
     }
 
@@ -431,6 +498,36 @@ mod fuzz_tests {
                     "{:?} from peer {} real {:?} xff {:?}", got, peer, real_ip, xff
                 );
             }
+        }
+
+        /// The same hops split across several X-Forwarded-For headers give the same client as
+        /// one joined header.
+        #[test]
+        fn fuzz_split_forwarded_for_headers_equal_one_list(
+            (trusted, hops, peer) in scenario(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..4),
+        ) {
+            if hops.is_empty() {
+                return Ok(());
+            }
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| 1 + c % hops.len()).collect();
+            bounds.push(hops.len());
+            bounds.sort();
+            bounds.dedup();
+            let mut h = http::HeaderMap::new();
+            let mut from = 0;
+            for to in bounds {
+                if let Ok(v) = http::HeaderValue::from_str(&join(&hops[from..to])) {
+                    h.append("x-forwarded-for", v);
+                }
+                from = to;
+            }
+            let joined: Vec<&[u8]> = h.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()).collect();
+            let joined = joined.join(&b", "[..]);
+            prop_assert_eq!(
+                resolve_headers(peer, &h, &trusted, XFF),
+                resolve(peer, None, Some(&joined), &trusted, XFF)
+            );
         }
 
         /// Every spelling of an address parses to the address (mapped IPv6 as IPv4).

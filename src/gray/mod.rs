@@ -3,10 +3,13 @@
 //!
 //! [`decision`] is pure; this module gathers the inputs (the I/O edge) and keeps runtime state.
 
+pub mod bounded_cache;
 pub mod client_ip;
 pub mod consul_switches;
 pub mod decision;
 pub mod explain;
+pub mod identity;
+pub mod jwt;
 pub mod redis_whitelist;
 pub mod rules;
 pub mod salt;
@@ -27,6 +30,8 @@ use log::{info, warn};
 use crate::watched_file::WatchedFile;
 use client_ip::ClientIpHeader;
 use decision::{Decision, Hits, Switches, Target};
+use identity::Identity;
+use jwt::TokenVerifier;
 use redis_whitelist::{RedisSettings, RedisWhitelist};
 use rules::Rule;
 use whitelist::Whitelist;
@@ -52,6 +57,8 @@ pub struct GraySettings {
     pub redis: Option<RedisSettings>,
     /// The visitor id cookie: the percent bucket of anonymous clients (`[visitor]`).
     pub visitor: visitor::VisitorSettings,
+    /// `[gray.jwt]`: user ids from verified tokens.
+    pub jwt: Option<jwt::JwtSettings>,
 }
 
 /// Who is asking.
@@ -72,6 +79,8 @@ pub struct GrayEngine {
     whitelist_watch: Option<WatchedFile>,
     switches_watch: Option<WatchedFile>,
     pub redis: Option<RedisWhitelist>,
+    /// `[gray.jwt]`: verified user ids.
+    pub tokens: Option<TokenVerifier>,
 }
 
 impl GrayEngine {
@@ -103,6 +112,7 @@ impl GrayEngine {
                 .clone()
                 .map(|p| WatchedFile::new(p, "switches")),
             redis,
+            tokens: settings.jwt.clone().map(TokenVerifier::new),
             settings,
         };
         engine.poll_files();
@@ -111,33 +121,21 @@ impl GrayEngine {
 
     /// The client behind this request (trusted proxies honoured) and its user id, if any.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Client {
+        self.identify(peer, headers).0
+    }
+
+    /// As [`GrayEngine::client`], with where the user id came from ([`identity`]).
+    pub fn identify(&self, peer: IpAddr, headers: &HeaderMap) -> (Client, Identity) {
+        let trusted = &self.settings.trusted_proxies;
+        let peer = crate::proxy::forwarded::canonical_ip(peer);
         let ip = match self.settings.client_ip_header {
-            Some(which) => client_ip::resolve(
-                peer,
-                headers.get("x-real-ip").map(HeaderValue::as_bytes),
-                joined_forwarded_for(headers).as_deref(),
-                &self.settings.trusted_proxies,
-                which,
-            ),
-            None => crate::proxy::forwarded::canonical_ip(peer),
+            Some(which) => client_ip::resolve_headers(peer, headers, trusted, which),
+            None => peer,
         };
-        let from_header = self
-            .settings
-            .user_header
-            .as_ref()
-            .and_then(|h| headers.get(h))
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.trim().to_string());
-        let from_cookie = || {
-            self.settings
-                .user_cookie
-                .as_deref()
-                .and_then(|c| rules::cookie(headers, c))
-        };
-        let user = from_header
-            .or_else(from_cookie)
-            .filter(|u| whitelist::valid_user(u));
-        Client { ip, user }
+        let peer_trusted = client_ip::is_trusted(peer, trusted);
+        let (user, identity) =
+            identity::user(&self.settings, self.tokens.as_ref(), peer_trusted, headers);
+        (Client { ip, user }, identity)
     }
 
     pub fn switches(&self) -> Switches {
@@ -251,8 +249,11 @@ impl GrayEngine {
             .unwrap_or(&[])
     }
 
-    /// Re-reads the whitelist and switches files if they changed.
+    /// Re-reads the whitelist, switches and JWKS files if they changed.
     pub fn poll_files(&self) {
+        if let Some(t) = &self.tokens {
+            t.poll();
+        }
         if let Some(text) = self.whitelist_watch.as_ref().and_then(WatchedFile::changed) {
             let (w, errors) = whitelist::parse(&text);
             for e in &errors {
@@ -275,18 +276,6 @@ impl GrayEngine {
     }
 }
 
-/// All `X-Forwarded-For` headers joined in order, as one list (RFC 7230 allows several).
-fn joined_forwarded_for(headers: &HeaderMap) -> Option<Vec<u8>> {
-    let mut all = headers.get_all("x-forwarded-for").iter();
-    let first = all.next()?;
-    let mut out = first.as_bytes().to_vec();
-    for v in all {
-        out.extend_from_slice(b", ");
-        out.extend_from_slice(v.as_bytes());
-    }
-    Some(out)
-}
-
 /// Names of reasons, for metrics and docs.
 pub const REASONS: &[&str] = &[
     "switch_off",
@@ -301,6 +290,7 @@ pub const REASONS: &[&str] = &[
     "gray_unavailable",
     "build_gone",
     "route",
+    "body_too_large",
 ];
 
 /// Background upkeep: re-read the whitelist and switches files (every 250 ms) and keep the Redis

@@ -7,8 +7,9 @@
 //!   locally — never a per-request round trip.
 //!
 //! Per request at most one round trip (a pipeline), bounded by `timeout`. Answers are cached for
-//! `cache_ttl` (hits and misses alike, bounded size); concurrent misses for one key share one
-//! call; after `breaker_failures` failures in a row Redis is left alone for `breaker_open`.
+//! `cache_ttl` (hits and misses alike; bounded, with constant work per call: `bounded_cache`);
+//! concurrent misses for one key share one call; after `breaker_failures` failures in a row
+//! Redis is left alone for `breaker_open`.
 //! Whatever goes wrong (error, timeout, breaker open), the answer is the last one Redis gave for
 //! that client if it is younger than `stale_if_error` (so a whitelisted user stays on gray
 //! through a Redis outage), else "not whitelisted": never an error, never a stall. The price: a
@@ -29,6 +30,7 @@ use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
+use super::bounded_cache::BoundedCache;
 use super::decision::Hits;
 use super::whitelist::parse_cidr;
 
@@ -71,7 +73,7 @@ pub struct RedisWhitelist {
     client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
     cidrs: ArcSwap<Vec<IpNet>>,
-    cache: Mutex<AnswerCache>,
+    cache: AnswerCache,
     inflight: Mutex<HashMap<String, Cell>>,
     failures: AtomicU32,
     open_until: Mutex<Option<Instant>>,
@@ -92,7 +94,7 @@ impl RedisWhitelist {
             client,
             conn: ArcSwapOption::empty(),
             cidrs: ArcSwap::from_pointee(Vec::new()),
-            cache: Mutex::new(cache),
+            cache,
             inflight: Mutex::new(HashMap::new()),
             failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
@@ -117,7 +119,7 @@ impl RedisWhitelist {
 
     async fn cached_or_fetch(&self, key: &str, ip: IpAddr, user: Option<&str>) -> (bool, bool) {
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
-        if let Some(v) = self.cache.lock().fresh(key, Instant::now()) {
+        if let Some(v) = self.cache.fresh(key, Instant::now()) {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return v;
         }
@@ -140,7 +142,7 @@ impl RedisWhitelist {
         }
         match fetched {
             Some(v) => {
-                self.cache.lock().insert(key, v, Instant::now());
+                self.cache.insert(key, v, Instant::now());
                 v
             }
             None => self.on_failure(key),
@@ -149,7 +151,7 @@ impl RedisWhitelist {
 
     /// Redis could not answer: the last answer while younger than `stale_if_error`, else base.
     fn on_failure(&self, key: &str) -> Answer {
-        match self.cache.lock().stale(key, Instant::now()) {
+        match self.cache.stale(key, Instant::now()) {
             Some(v) => {
                 self.stats.stale_answers.fetch_add(1, Ordering::Relaxed);
                 v
@@ -315,29 +317,26 @@ impl RedisWhitelist {
 }
 
 /// Redis's answers by key, with their age: fresh within `ttl`, usable on failure within `stale`.
-/// Bounded: when full, entries too old to be used at all go first, then entries past `ttl`, then
-/// everything.
-#[derive(Debug)]
+/// Bounded ([`BoundedCache`]: the oldest answers go first, constant work per call, no sweep):
+/// a request never waits for the cache to tidy itself.
 struct AnswerCache {
-    map: HashMap<String, (Answer, Instant)>,
+    map: BoundedCache<String, (Answer, Instant)>,
     ttl: Duration,
     stale: Duration,
-    size: usize,
 }
 
 impl AnswerCache {
     fn new(ttl: Duration, stale: Duration, size: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: BoundedCache::new(size.max(1)),
             ttl,
             stale,
-            size: size.max(1),
         }
     }
 
     fn younger_than(&self, key: &str, now: Instant, limit: Duration) -> Option<Answer> {
         let (v, at) = self.map.get(key)?;
-        (now.saturating_duration_since(*at) < limit).then_some(*v)
+        (now.saturating_duration_since(at) < limit).then_some(v)
     }
 
     /// An answer to use without asking Redis.
@@ -350,19 +349,7 @@ impl AnswerCache {
         self.younger_than(key, now, self.stale.max(self.ttl))
     }
 
-    fn insert(&mut self, key: &str, v: Answer, now: Instant) {
-        if self.map.len() >= self.size && !self.map.contains_key(key) {
-            for keep in [self.stale.max(self.ttl), self.ttl] {
-                self.map
-                    .retain(|_, (_, at)| now.saturating_duration_since(*at) < keep);
-                if self.map.len() < self.size {
-                    break;
-                }
-            }
-            if self.map.len() >= self.size {
-                self.map.clear();
-            }
-        }
+    fn insert(&self, key: &str, v: Answer, now: Instant) {
         self.map.insert(key.to_string(), (v, now));
     }
 
@@ -395,7 +382,7 @@ mod tests {
 
     #[test]
     fn fresh_within_ttl_stale_within_stale_if_error_then_nothing() {
-        let mut c = cache();
+        let c = cache();
         let t0 = Instant::now();
         c.insert("1.2.3.4", GRAY, t0);
         assert_eq!(c.fresh("1.2.3.4", t0 + S / 2), Some(GRAY));
@@ -420,7 +407,7 @@ mod tests {
 
     #[test]
     fn a_new_answer_replaces_the_old_one_and_restarts_its_age() {
-        let mut c = cache();
+        let c = cache();
         let t0 = Instant::now();
         c.insert("k", GRAY, t0);
         c.insert("k", NOT_LISTED, t0 + 500 * S);
@@ -429,7 +416,7 @@ mod tests {
 
     #[test]
     fn zero_stale_if_error_trusts_only_fresh_answers() {
-        let mut c = AnswerCache::new(S, Duration::ZERO, 10);
+        let c = AnswerCache::new(S, Duration::ZERO, 10);
         let t0 = Instant::now();
         c.insert("k", GRAY, t0);
         assert_eq!(
@@ -441,29 +428,19 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_drops_unusable_then_expired_entries_first() {
-        let mut c = cache();
+    fn a_full_cache_keeps_its_size_and_the_newest_answers() {
+        let c = AnswerCache::new(S, 600 * S, 1_000);
         let t0 = Instant::now();
-        c.insert("old", GRAY, t0);
-        c.insert("stale", GRAY, t0 + 500 * S);
-        c.insert("fresh", GRAY, t0 + 700 * S);
-        // Full: "old" (past stale_if_error) goes, "stale" is still worth keeping.
-        c.insert("new", GRAY, t0 + 700 * S);
-        assert_eq!(c.len(), 3);
-        assert_eq!(c.stale("old", t0 + 700 * S), None);
-        assert_eq!(c.stale("stale", t0 + 700 * S), Some(GRAY));
-        // Full of usable entries: those past cache_ttl go before fresh ones.
-        c.insert("newer", GRAY, t0 + 700 * S);
-        assert_eq!(c.stale("stale", t0 + 700 * S), None);
-        assert_eq!(c.fresh("fresh", t0 + 700 * S), Some(GRAY));
-        assert_eq!(c.fresh("newer", t0 + 700 * S), Some(GRAY));
-        // Full of fresh entries: cleared rather than grown.
-        c.insert("x", GRAY, t0 + 700 * S);
-        assert!(c.len() <= 3);
-        assert_eq!(c.fresh("x", t0 + 700 * S), Some(GRAY));
-        // Updating a present key never evicts.
-        let before = c.len();
-        c.insert("x", NOT_LISTED, t0 + 700 * S);
-        assert_eq!(c.len(), before);
+        for i in 0..50_000u32 {
+            c.insert(&format!("10.0.{}.{}", i / 256, i % 256), GRAY, t0);
+        }
+        assert!(c.len() <= c.map.max_len(), "{}", c.len());
+        assert!(c.len() >= 1_000 / 2, "still caching: {}", c.len());
+        assert_eq!(
+            c.fresh("10.0.195.79", t0),
+            Some(GRAY),
+            "the last one is there"
+        );
+        assert_eq!(c.fresh("10.0.0.0", t0), None, "the first one is gone");
     }
 }

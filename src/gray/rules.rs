@@ -31,23 +31,37 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Allocation-free: values are compared where they lie in the request (a query value
+    /// percent-decoded on the fly), so a huge header, cookie or query costs a scan, never a copy.
     fn matches(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
-        let value = match &self.source {
+        match &self.source {
             Source::Header(name) => headers
                 .get_all(name)
                 .iter()
                 .find_map(|v| v.to_str().ok())
-                .map(|s| s.trim().to_string()),
-            Source::Cookie(name) => cookie(headers, name),
-            Source::Query(name) => query.and_then(|q| query_param(q, name)),
-        };
-        match (&self.matcher, value) {
-            (_, None) => false,
-            (Match::Present, Some(_)) => true,
-            (Match::Equals(want), Some(v)) => v == *want,
-            (Match::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+                .is_some_and(|v| self.matcher.accepts(v.trim().bytes())),
+            Source::Cookie(name) => {
+                cookie(headers, name).is_some_and(|v| self.matcher.accepts(v.bytes()))
+            }
+            Source::Query(name) => query
+                .and_then(|q| query_value(q, name))
+                .is_some_and(|raw| self.matcher.accepts(Decoded::new(raw))),
         }
     }
+}
+
+impl Match {
+    fn accepts(&self, value: impl Iterator<Item = u8>) -> bool {
+        match self {
+            Match::Present => true,
+            Match::Equals(want) => value.eq(want.bytes()),
+            Match::Prefix(p) => starts_with(value, p.as_bytes()),
+        }
+    }
+}
+
+fn starts_with(mut value: impl Iterator<Item = u8>, prefix: &[u8]) -> bool {
+    prefix.iter().all(|b| value.next() == Some(*b))
 }
 
 /// The target of the first matching rule.
@@ -62,8 +76,9 @@ pub fn first_match<'r>(
         .map(|r| &r.target)
 }
 
-/// A cookie's value from every `Cookie` header (RFC 6265 `name=value; name2=value2`).
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+/// A cookie's value from every `Cookie` header (RFC 6265 `name=value; name2=value2`), borrowed
+/// from the request; the first cookie of that name wins.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -71,44 +86,57 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        .map(|(_, v)| v.trim().trim_matches('"'))
 }
 
-/// A query parameter's value, percent-decoded (`+` is a space, as browsers send forms).
-pub fn query_param(query: &str, name: &str) -> Option<String> {
+/// The raw (still percent-encoded) value of the first query parameter whose decoded name is
+/// `name`; a parameter without `=` has an empty value.
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query
         .split('&')
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        .find(|(k, _)| percent_decode(k) == name)
-        .map(|(_, v)| percent_decode(v))
+        .find(|(k, _)| Decoded::new(k).eq(name.bytes()))
+        .map(|(_, v)| v)
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], escaped) {
-            (_, Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, None) => {
-                out.push(b);
-                i += 1;
+/// A query parameter's value, percent-decoded (`+` is a space, as browsers send forms). For the
+/// admin `/decide` endpoint; the request path compares with [`Decoded`] instead.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    let raw = query_value(query, name)?;
+    Some(String::from_utf8_lossy(&Decoded::new(raw).collect::<Vec<u8>>()).into_owned())
+}
+
+/// The bytes of a percent-encoded query component, decoded as they are read: `%41` is `A`, `+`
+/// a space, and a broken escape (`%zz`, a trailing `%4`) stays as written.
+#[derive(Debug, Clone)]
+struct Decoded<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Decoded<'a> {
+    fn new(s: &'a str) -> Self {
+        Self { rest: s.as_bytes() }
+    }
+}
+
+impl Iterator for Decoded<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let (&b, tail) = self.rest.split_first()?;
+        let hex = |c: u8| char::from(c).to_digit(16);
+        if b == b'%' {
+            if let [h, l, after @ ..] = tail {
+                if let (Some(h), Some(l)) = (hex(*h), hex(*l)) {
+                    self.rest = after;
+                    // Two hex digits are at most 0xff.
+                    return Some((h * 16 + l) as u8);
+                }
             }
         }
+        self.rest = tail;
+        Some(if b == b'+' { b' ' } else { b })
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Convenience for building rules in code and tests.
@@ -198,7 +226,7 @@ mod tests {
     #[test]
     fn cookies_across_several_headers() {
         let h = headers(&[("cookie", "a=1"), ("cookie", "uid=\"u-7\"")]);
-        assert_eq!(cookie(&h, "uid").as_deref(), Some("u-7"));
+        assert_eq!(cookie(&h, "uid"), Some("u-7"));
         assert_eq!(cookie(&h, "nope"), None);
     }
 

@@ -62,6 +62,10 @@ pub struct RequestCtx {
     pub tls: bool,
     /// A plain request on a listener with `https_redirect`: the https port to send it to.
     pub redirect_https: Option<u16>,
+    /// Where the user id came from, whether the peer is trusted (`gray::identity`).
+    pub identity: crate::gray::identity::Identity,
+    /// Request body bytes seen so far (`limits.client_max_body_size`).
+    pub body: crate::limits::body::BodyCount,
 }
 
 /// A sticky asset's wait for a momentarily unusable pinned build.
@@ -102,6 +106,8 @@ impl Default for RequestCtx {
             immutable: false,
             tls: false,
             redirect_https: None,
+            identity: Default::default(),
+            body: Default::default(),
         }
     }
 }

@@ -28,6 +28,7 @@
 
 mod caching;
 pub mod ctx;
+mod edge;
 pub mod forwarded;
 pub mod https;
 mod passive;
@@ -66,7 +67,10 @@ pub struct ProxySettings {
     pub upstream: UpstreamConfig,
     pub keepalive_timeout: Duration,
     pub access_log: bool,
-    pub debug_headers: bool,
+    /// Who gets `X-Graysplit-Pool` / `X-Graysplit-Reason`.
+    pub debug_headers: crate::config::debug_headers::DebugHeaders,
+    /// Client limits (body size here; connections and the head deadline in the gate).
+    pub limits: Arc<crate::limits::Limits>,
     pub metrics: Arc<Metrics>,
     pub pin: Arc<Pinner>,
     /// `[cache]`: what caches may keep of answers decided per client, build-tagged validators.
@@ -145,6 +149,7 @@ impl ProxyHttp for GraySplit {
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs().max(1)));
         }
+        edge::head_read(session);
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -154,16 +159,16 @@ impl ProxyHttp for GraySplit {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        ctx.request_id = self.request_id(session.req_header(), ctx.peer_ip);
         if self.redirect_to_https(session, ctx).await? {
             return Ok(true);
         }
-        ctx.request_id = self.request_id(session.req_header(), ctx.peer_ip);
+        if self.refuse_large_body(session, ctx).await? {
+            return Ok(true);
+        }
         let pin_use = self.read_pin(session, ctx);
+        let client = self.identify(session, ctx);
         let req = session.req_header();
-        let peer = ctx
-            .peer_ip
-            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-        let client = self.gray.client(peer, &req.headers);
         let decision = self
             .gray
             .decide(
@@ -196,6 +201,16 @@ impl ProxyHttp for GraySplit {
             session.set_read_timeout(Some(read));
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        self.count_body(ctx, body)
     }
 
     async fn upstream_peer(
@@ -343,21 +358,17 @@ impl ProxyHttp for GraySplit {
                 req.insert_header(name.clone(), value.clone())?;
             }
         }
+        self.forward_identity(req, ctx)?;
         if let Some(peer) = ctx.peer_ip {
             let real_ip = ctx.client.as_ref().map(|c| c.ip).unwrap_or(peer);
-            let xff = forwarded::append_forwarded_for(
-                req.headers
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok()),
-                peer,
-            );
+            let xff = forwarded::append_forwarded_for(self.forwarded_for_to_pass(req, ctx), peer);
             req.insert_header("x-forwarded-for", xff)?;
             // Like nginx's realip module: behind a trusted proxy, X-Real-IP is the real client.
             req.insert_header("x-real-ip", real_ip.to_string())?;
         }
         // Replaces whatever the client sent: only an id a trusted peer sent was kept.
-        if let (Some(ids), Some(id)) = (&self.settings.request_ids, &ctx.request_id) {
-            req.insert_header(ids.header().clone(), id.as_str())?;
+        if let Some((name, id)) = self.request_id_header(ctx) {
+            req.insert_header(name.clone(), id)?;
         }
         self.set_forwarded_proto(session, req, ctx)?;
         self.translate_validators(session, req, ctx)
@@ -375,14 +386,14 @@ impl ProxyHttp for GraySplit {
             session.set_keepalive(None);
         }
         self.shape_response(ctx, resp)?;
-        if self.settings.debug_headers {
+        if self.show_debug_headers(ctx) {
             if let Some(pool) = &ctx.pool {
                 resp.insert_header("x-graysplit-pool", pool.name.as_str())?;
             }
             resp.insert_header("x-graysplit-reason", ctx.reason)?;
         }
-        if let (Some(ids), Some(id)) = (&self.settings.request_ids, &ctx.request_id) {
-            resp.insert_header(ids.header().clone(), id.as_str())?;
+        if let Some((name, id)) = self.request_id_header(ctx) {
+            resp.insert_header(name.clone(), id)?;
         }
         self.add_hsts(resp, ctx)?;
         Ok(())
@@ -390,7 +401,7 @@ impl ProxyHttp for GraySplit {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &Error) -> bool {
         // The asset-miss guard's deliberate 404s are no proxy failures; metrics count them.
-        if is_asset_miss(e) {
+        if is_asset_miss(e) || edge::is_too_large(e) {
             return true;
         }
         // A client that went away mid-request or sent something unusable is not our error nor
@@ -424,12 +435,11 @@ impl ProxyHttp for GraySplit {
     {
         let code = error_status(e);
         if code > 0 {
-            let id = match (&self.settings.request_ids, &ctx.request_id) {
-                (Some(ids), Some(id)) => Some((ids.header(), id.as_str())),
-                _ => None,
-            };
-            if let Err(err) = write_error_page(session, code, id).await {
+            if let Err(err) = write_error_page(session, code, self.request_id_header(ctx)).await {
                 log::debug!("could not send the {code} page: {err}");
+            }
+            if code == 413 {
+                edge::linger(session).await;
             }
         }
         FailToProxy {
@@ -439,6 +449,7 @@ impl ProxyHttp for GraySplit {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        edge::request_done(session);
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

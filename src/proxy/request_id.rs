@@ -74,6 +74,15 @@ impl super::GraySplit {
         });
         Some(ids.for_request(req.headers.get(ids.header()), trusted))
     }
+
+    /// The request id header and this request's id, when there is one to send.
+    pub(super) fn request_id_header<'c>(
+        &'c self,
+        ctx: &'c super::ctx::RequestCtx,
+    ) -> Option<(&'c http::HeaderName, &'c str)> {
+        let ids = self.settings.request_ids.as_ref()?;
+        Some((ids.header(), ctx.request_id.as_deref()?))
+    }
 }
 
 /// 1 to [`MAX_LEN`] bytes of visible ASCII without `"` or `\`: it goes into log lines as is.

@@ -6,6 +6,7 @@ pub mod builds;
 pub mod certs;
 pub mod chrome;
 pub mod consul;
+pub mod edge;
 pub mod faulty;
 pub mod flaky;
 pub mod load;

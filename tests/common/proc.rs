@@ -39,6 +39,10 @@ pub struct ServerOptions {
     /// address string or an inline table such as `{ addr = "127.0.0.1:8443", tls = true }`).
     /// Start waits for the plain one only: wait for these yourself (Pingora binds them after it).
     pub extra_listeners: Vec<String>,
+    /// `server.debug_headers` as TOML. Tests read `X-Graysplit-Pool`/`-Reason` for clients named
+    /// by X-Forwarded-For, so the harness shows them to everyone (`"true"`); `None` leaves the
+    /// key out (the shipped default: local clients only).
+    pub debug_headers: Option<&'static str>,
 }
 
 impl Default for ServerOptions {
@@ -50,6 +54,7 @@ impl Default for ServerOptions {
             admin_ip: "127.0.0.1",
             server_extra: String::new(),
             extra_listeners: Vec::new(),
+            debug_headers: Some("true"),
         }
     }
 }
@@ -98,10 +103,14 @@ impl Graysplit {
                 .collect();
             format!("[{}]", all.join(", "))
         };
+        let debug = opts
+            .debug_headers
+            .map(|v| format!("debug_headers = {v}\n"))
+            .unwrap_or_default();
         let conf = format!(
             "[server]\nlisten = {listen_toml}\nadmin_listen = \"{admin}\"\nthreads = 2\n\
              pid_file = \"{d}/graysplit.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
-             grace_period = \"{}\"\ngraceful_shutdown_timeout = \"{}\"\n{}\n\n{extra_toml}\n",
+             grace_period = \"{}\"\ngraceful_shutdown_timeout = \"{}\"\n{debug}{}\n\n{extra_toml}\n",
             opts.grace_period, opts.graceful_shutdown_timeout, opts.server_extra
         );
         std::fs::write(dir.path().join("graysplit.toml"), conf).expect("write config");
