@@ -190,7 +190,9 @@ async fn a_rolling_deploy_is_compared_build_against_build_with_bounded_labels() 
         )
     };
     let g = Graysplit::start(
-        "[health]\nenabled = false\n[pools.base]\nfile = \"base.conf\"\n",
+        // fail_on_status: the application's 503s count as failures of v2 (not the default).
+        "[health]\nenabled = false\n[upstream]\nfail_on_status = [503]\n\
+         [pools.base]\nfile = \"base.conf\"\n",
         &[("base.conf", &pools(&old, "v1", &new, "v2"))],
     );
     let c = client();
