@@ -585,31 +585,37 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_appends_reopens_and_rotates() {
+    fn the_writer_appends_and_rotates_without_losing_a_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
+        // A line is about 250 bytes: a file holds at most 8 before it is rotated, so 30 lines
+        // make at most 4 rotations, which `keep = 5` holds without dropping any.
         let log = AccessLog::start(AccessLogSettings {
             path: Some(path.clone()),
             max_size: Some(2_000),
-            keep: 2,
+            keep: 5,
             ..AccessLogSettings::default()
         })
         .unwrap();
         for _ in 0..30 {
             log.log(&entry());
         }
-        let lines = |p: &Path| {
-            std::fs::read_to_string(p)
-                .map(|s| s.lines().count())
-                .unwrap_or(0)
+        let files: Vec<PathBuf> = std::iter::once(path.clone())
+            .chain((1..=5).map(|n| path.with_extension(format!("log.{n}"))))
+            .collect();
+        let lines = || -> usize {
+            files
+                .iter()
+                .map(|p| std::fs::read_to_string(p).map_or(0, |s| s.lines().count()))
+                .sum()
         };
-        let rotated = path.with_extension("log.1");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while lines(&path) + lines(&rotated) + lines(&path.with_extension("log.2")) < 30 {
+        while lines() < 30 {
             assert!(std::time::Instant::now() < deadline, "lines never written");
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(lines(&rotated) > 0, "max_size rotated the file");
+        assert_eq!(lines(), 30, "every line written once");
+        assert!(files[1].exists(), "max_size rotated the file");
         assert_eq!(log.dropped(), 0);
     }
 
