@@ -31,6 +31,8 @@ pub struct AdminApp {
     /// For `/decide` (a dry run of the gray decision).
     pub gray: Arc<crate::gray::GrayEngine>,
     pub metrics: Arc<Metrics>,
+    /// For `/rollout`, its commands and `/simulate`.
+    pub rollout: Arc<crate::rollout::Rollout>,
 }
 
 impl AdminApp {
@@ -207,6 +209,12 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Vec<u8>>
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        let (method, path, query) = (&req.method, req.uri.path(), req.uri.query());
+        if let Some((code, v)) =
+            crate::rollout::status::serve(&self.rollout, &self.gray, method, path, query).await
+        {
+            return json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), &v);
+        }
         if req.uri.path() == "/decide" {
             return match crate::gray::explain::decide(&self.gray, req.uri.query()).await {
                 Ok(v) => json_response(StatusCode::OK, &v),
@@ -239,6 +247,7 @@ mod tests {
             consul: Arc::new(ConsulStatus::default()),
             gray: Arc::new(crate::gray::GrayEngine::new(Default::default()).unwrap()),
             metrics: Arc::new(Metrics::new().unwrap()),
+            rollout: crate::rollout::Rollout::off(),
         }
     }
 

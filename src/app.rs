@@ -114,6 +114,15 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         DrainWatch::new(phases, draining.clone()),
     ));
 
+    let rollout =
+        crate::rollout::Rollout::new(
+            config.rollout.clone(),
+            config.rollout.instance.clone().unwrap_or_else(|| {
+                crate::rollout::default_instance(config.server.admin_listen.port())
+            }),
+            metrics.registry(),
+            Some(&config.consul),
+        )?;
     let settings = ProxySettings {
         upstream: config.upstream.clone(),
         keepalive_timeout: config.server.keepalive_timeout,
@@ -122,6 +131,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         metrics: metrics.clone(),
         pin: Arc::new(pinner(config)),
         draining,
+        rollout: rollout.clone(),
     };
     let gray = Arc::new(GrayEngine::new(config.gray.clone())?);
     server.add_service(background_service(
@@ -142,6 +152,9 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
                 timeout: config.consul.timeout,
             }),
         ));
+    }
+    if rollout.enabled() {
+        rollout_services(&rollout, &gray, &pools, &mut server);
     }
     let proxy = GraySplit::new(pools.clone(), gray.clone(), settings)
         .ok_or("the base pool is not configured")?;
@@ -171,6 +184,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
             consul: consul.clone(),
             gray: gray.clone(),
             metrics: metrics.clone(),
+            rollout: rollout.clone(),
         },
     );
     admin.threads = Some(1);
@@ -182,6 +196,34 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         pools,
         consul,
     })
+}
+
+/// The rollout driver (or follower) and the mirror sender.
+fn rollout_services(
+    rollout: &Arc<crate::rollout::Rollout>,
+    gray: &Arc<GrayEngine>,
+    pools: &Pools,
+    server: &mut Server,
+) {
+    server.add_service(background_service(
+        "rollout",
+        crate::rollout::RolloutService {
+            rollout: rollout.clone(),
+            gray: gray.clone(),
+        },
+    ));
+    let sender = crate::rollout::mirror::Sender {
+        gate: rollout.gate.clone(),
+        jobs: parking_lot::Mutex::new(rollout.mirror_rx.lock().take()),
+        gray: pools.get("gray").cloned(),
+        counts: rollout.mirrored.clone(),
+        metrics: rollout.metrics.clone(),
+        timeout: rollout.settings.mirror_timeout,
+    };
+    server.add_service(background_service(
+        "mirror",
+        crate::rollout::MirrorService { sender },
+    ));
 }
 
 /// The pin keys; without a configured secret a random one, and a warning saying what that costs.
@@ -284,9 +326,10 @@ pub fn check(config: &Config) -> Result<String, crate::config::ConfigErrors> {
             }),
         }
     }
+    let plan = check_plan_file(config, &mut errors);
     if errors.is_empty() {
         Ok(format!(
-            "{} pool(s), {servers} server(s)",
+            "{} pool(s), {servers} server(s){plan}",
             config.pools.len()
         ))
     } else {
@@ -295,6 +338,55 @@ pub fn check(config: &Config) -> Result<String, crate::config::ConfigErrors> {
             errors,
         })
     }
+}
+
+/// File mode: the plan file, if it exists, must be a valid plan (the running driver would refuse
+/// it). Returns a note for the summary line.
+fn check_plan_file(config: &Config, errors: &mut Vec<crate::config::ConfigError>) -> String {
+    let crate::rollout::Source::File { plan, .. } = &config.rollout.source else {
+        return String::new();
+    };
+    match std::fs::read_to_string(plan) {
+        Ok(text) => match crate::rollout::plan::parse(&text) {
+            Ok(p) => format!(", rollout plan with {} step(s)", p.steps.len()),
+            Err(problems) => {
+                errors.extend(plan_errors(
+                    &format!("rollout.plan_file ({})", plan.display()),
+                    problems,
+                ));
+                String::new()
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!(", no rollout plan at {} yet", plan.display())
+        }
+        Err(e) => {
+            errors.push(crate::config::ConfigError {
+                key: "rollout.plan_file".into(),
+                value: Some(plan.display().to_string()),
+                rule: format!("cannot read the plan: {e}"),
+            });
+            String::new()
+        }
+    }
+}
+
+/// A plan's problems as config errors under `key` (`rollout.plan_file (…) steps[1] = …`).
+pub fn plan_errors(
+    key: &str,
+    problems: Vec<crate::config::ConfigError>,
+) -> Vec<crate::config::ConfigError> {
+    problems
+        .into_iter()
+        .map(|e| crate::config::ConfigError {
+            key: if e.key.is_empty() {
+                key.to_string()
+            } else {
+                format!("{key} {}", e.key)
+            },
+            ..e
+        })
+        .collect()
 }
 
 /// Runs the Consul switches watcher until shutdown.

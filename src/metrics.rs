@@ -200,6 +200,11 @@ impl Metrics {
         })
     }
 
+    /// The registry, for modules that own their metric families (`crate::rollout::metrics`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// A pin cookie that was ignored (`malformed`, `version`, `forged`, `expired`, `stale`).
     pub fn pin_rejected(&self, why: &str) {
         self.pin_rejected.with_label_values(&[why]).inc();

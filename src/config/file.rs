@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub routes: Vec<super::gray::RouteSection>,
     /// The pin cookie (`[pin]`).
     pub pin: super::pin::PinSection,
+    /// Progressive delivery (`[rollout]`, `[rollout.mirror]`).
+    pub rollout: super::rollout::RolloutSection,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@ pub mod file;
 pub mod gray;
 pub mod health;
 pub mod pin;
+pub mod rollout;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -76,6 +77,8 @@ pub struct Config {
     pub gray: crate::gray::GraySettings,
     /// `[pin]`: the pin cookie (one page, one build).
     pub pin: crate::pin::PinSettings,
+    /// `[rollout]`: the rollout plan's source, driver and mirror settings.
+    pub rollout: crate::rollout::RolloutSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -326,6 +329,18 @@ impl Validator<'_> {
             !consul.addresses.is_empty(),
         );
         let pin = self.pin(&raw.pin);
+        let rollout = self.rollout(
+            &raw.rollout,
+            &rollout::Context {
+                base_dir,
+                consul_listed,
+                switches_prefix: gray.consul_prefix.as_deref(),
+                pool_prefixes: pools
+                    .values()
+                    .filter_map(|p| Some((p.name.clone(), p.consul_prefix.clone()?)))
+                    .collect(),
+            },
+        );
         Config {
             path: path.to_path_buf(),
             server,
@@ -335,6 +350,7 @@ impl Validator<'_> {
             pools,
             gray,
             pin,
+            rollout,
         }
     }
 

@@ -59,6 +59,8 @@ pub struct ProxySettings {
     pub pin: Arc<Pinner>,
     /// Set on SIGQUIT/SIGTERM: answers carry `Connection: close` (crate::lifecycle).
     pub draining: crate::lifecycle::Draining,
+    /// Window counters and the mirror gate of the rollout (a no-op without `[rollout]`).
+    pub rollout: Arc<crate::rollout::Rollout>,
 }
 
 pub struct GraySplit {
@@ -401,6 +403,24 @@ impl ProxyHttp for GraySplit {
         if let (Some(started), None) = (ctx.upstream_started, e) {
             metrics.upstream_time(pool, started.elapsed());
         }
+        self.settings.rollout.served(&crate::rollout::Served {
+            pool,
+            build: match (&ctx.pool, &ctx.server) {
+                (Some(p), Some(s)) => select::build_of(s, p),
+                _ => "-",
+            },
+            outcome: crate::rollout::windows::Outcome {
+                status,
+                upstream_error: e.is_some_and(|e| e.esource() == &ErrorSource::Upstream),
+                elapsed: ctx
+                    .upstream_started
+                    .filter(|_| e.is_none())
+                    .map(|s| s.elapsed()),
+            },
+            page: ctx.page,
+            routed: ctx.routed,
+            request: session.req_header(),
+        });
         if !self.settings.access_log {
             return;
         }
