@@ -38,6 +38,9 @@ struct Cli {
     /// them when it gets SIGQUIT.
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    /// With -t: also check this rollout plan (JSON), e.g. before PUTting it into Consul.
+    #[arg(long = "plan", requires = "test")]
+    plan: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -54,6 +57,150 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Run N synthetic page loads through a running instance's live decision (switches, rules,
+    /// whitelists) and print each pool's share against the expected one. Exit 0 when every
+    /// share is within the tolerance, 1 when not, 2 when the instance cannot be asked.
+    Simulate {
+        /// The admin listener to ask (default: server.admin_listen of the config, -c).
+        #[arg(long)]
+        admin: Option<String>,
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+        /// Allowed difference from the expected share, in percentage points.
+        #[arg(long, default_value_t = 5.0)]
+        tolerance: f64,
+        /// A header every sample sends, `name:value` (repeatable), e.g. `--header xyz:3`.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Give every sample a random user id (the percent then hashes users, not addresses).
+        #[arg(long)]
+        users: bool,
+        /// Draw client addresses from this network (default 198.18.0.0/15).
+        #[arg(long)]
+        cidr: Option<String>,
+        /// Print the JSON answer instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `graysplit simulate`: asks `/simulate` and prints the answer.
+fn simulate(cli: &Cli) -> ExitCode {
+    let Some(Command::Simulate {
+        admin,
+        samples,
+        tolerance,
+        headers,
+        users,
+        cidr,
+        json,
+    }) = &cli.command
+    else {
+        return ExitCode::from(2);
+    };
+    let admin = match admin {
+        Some(a) => a.clone(),
+        None => match Config::load(&cli.conf) {
+            Ok(c) => c.server.admin_listen.to_string(),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let base = if admin.contains("://") {
+        admin
+    } else {
+        format!("http://{admin}")
+    };
+    let mut url = match reqwest::Url::parse(&format!("{base}/simulate")) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("graysplit simulate: --admin {base:?}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("samples", &samples.to_string());
+        q.append_pair("tolerance", &tolerance.to_string());
+        for h in headers {
+            q.append_pair("header", h);
+        }
+        if *users {
+            q.append_pair("users", "1");
+        }
+        if let Some(c) = cidr {
+            q.append_pair("cidr", c);
+        }
+    }
+    let ask = async {
+        let resp = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(120))
+            .build()?
+            .get(url.clone())
+            .send()
+            .await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        Ok::<_, reqwest::Error>((status, text))
+    };
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(ask).map_err(|e| e.to_string()));
+    let (status, text) = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("graysplit simulate: {url}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let value: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) if status.is_success() => v,
+        _ => {
+            eprintln!("graysplit simulate: {url}: {status}: {}", text.trim());
+            return ExitCode::from(2);
+        }
+    };
+    if *json {
+        println!("{value:#}");
+    } else {
+        print!("{}", graysplit::rollout::simulate::render_text(&value));
+    }
+    if value["pass"].as_bool() == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `-t --plan FILE`: the plan's problems, as `-t` prints a config's.
+fn check_plan(path: &std::path::Path) -> Result<String, graysplit::config::ConfigErrors> {
+    let fail = |errors| graysplit::config::ConfigErrors {
+        path: path.to_path_buf(),
+        errors,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(vec![graysplit::config::ConfigError {
+            key: String::new(),
+            value: None,
+            rule: format!("cannot read the plan: {e}"),
+        }])
+    })?;
+    let plan = graysplit::rollout::plan::parse(&text).map_err(fail)?;
+    Ok(format!(
+        "rollout plan OK ({}: {} step(s){})",
+        path.display(),
+        plan.steps.len(),
+        if plan.mirror.is_some() {
+            ", a mirror stage"
+        } else {
+            ""
+        }
+    ))
 }
 
 fn init_logging() {
@@ -73,6 +220,9 @@ fn main() -> ExitCode {
         }
         return ExitCode::from(1);
     }
+    if matches!(cli.command, Some(Command::Simulate { .. })) {
+        return simulate(&cli);
+    }
     let config = match Config::load(&cli.conf) {
         Ok(c) => c,
         Err(errors) => {
@@ -84,6 +234,14 @@ fn main() -> ExitCode {
         return match app::check(&config) {
             Ok(summary) => {
                 println!("configuration OK ({}: {summary})", cli.conf.display());
+                match cli.plan.as_deref().map(check_plan) {
+                    Some(Ok(line)) => println!("{line}"),
+                    Some(Err(errors)) => {
+                        eprintln!("{errors}");
+                        return ExitCode::from(2);
+                    }
+                    None => {}
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -245,3 +245,121 @@ impl Validator<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ConfigError};
+    use crate::rollout::Source;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    const BASE: &str = "[pools.base]\nfile = \"pools/base.conf\"\n";
+    const CONSUL: &str =
+        "[consul]\naddresses = [\"http://127.0.0.1:8500\"]\n[gray]\nconsul_prefix = \"graysplit/gray/\"\n";
+
+    fn load(text: &str) -> Result<Config, Vec<ConfigError>> {
+        Config::from_toml(text, Path::new("/etc/graysplit/graysplit.toml"))
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        load(text)
+            .expect_err("refused")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn off_by_default_with_documented_defaults() {
+        let r = load(BASE).unwrap().rollout;
+        assert_eq!(r.source, Source::Off);
+        assert_eq!(r.tick, Duration::from_secs(1));
+        assert_eq!(r.publish_interval, Duration::from_secs(1));
+        assert_eq!(r.session_ttl, Duration::from_secs(10));
+        assert_eq!(r.lock_delay, Duration::from_secs(15));
+        assert_eq!(r.mirror_max_in_flight, 32);
+        assert_eq!(r.mirror_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn consul_mode_writes_the_step_to_the_gray_percent_switch() {
+        let r = load(&format!(
+            "{BASE}{CONSUL}[rollout]\nconsul_prefix = \"graysplit/rollout/\"\ninstance = \"web1:9901\"\n"
+        ))
+        .unwrap()
+        .rollout;
+        assert_eq!(
+            r.source,
+            Source::Consul {
+                prefix: "graysplit/rollout/".into(),
+                switches_prefix: "graysplit/gray/".into()
+            }
+        );
+        assert_eq!(r.instance.as_deref(), Some("web1:9901"));
+    }
+
+    #[test]
+    fn file_mode_keeps_its_state_next_to_the_plan() {
+        let r = load(&format!("{BASE}[rollout]\nplan_file = \"rollout.json\"\n"))
+            .unwrap()
+            .rollout;
+        assert_eq!(
+            r.source,
+            Source::File {
+                plan: PathBuf::from("/etc/graysplit/rollout.json"),
+                state: PathBuf::from("/etc/graysplit/rollout.json.state")
+            }
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let e = errors(&format!(
+            "{BASE}[pools.gray]\nconsul_prefix = \"graysplit/rollout/pools/\"\n\
+             [rollout]\nconsul_prefix = \"graysplit/rollout/\"\nstate_file = \"s\"\n\
+             instance = \"web 1\"\ntick = \"50ms\"\nsession_ttl = \"5s\"\nlock_delay = \"2m\"\n\
+             colour = 1\n[rollout.mirror]\nmax_in_flight = 0\ntimeout = \"1\"\n"
+        ));
+        let has = |needle: &str| {
+            assert!(
+                e.iter().any(|t| t.contains(needle)),
+                "{needle:?} not in {e:#?}"
+            )
+        };
+        has("rollout.colour: unknown key");
+        has("rollout.state_file = \"s\": only applies with plan_file");
+        has("rollout.consul_prefix = \"graysplit/rollout/\": needs Consul addresses");
+        has("rollout.consul_prefix = \"graysplit/rollout/\": needs gray.consul_prefix");
+        has("rollout.instance = \"web 1\": must be 1-128 characters");
+        has("rollout.tick = \"50ms\": must be from 100ms to 10s");
+        has("rollout.session_ttl = \"5s\": must be from 10s to 86400s");
+        has("rollout.lock_delay = \"2m\": must be from 0s to 60s");
+        has("rollout.mirror.max_in_flight = \"0\": must be from 1 to 10000");
+        has("rollout.mirror.timeout = \"1\": must be a number with a unit");
+    }
+
+    #[test]
+    fn conflicting_sources_and_overlapping_folders() {
+        let e = errors(&format!(
+            "{BASE}{CONSUL}[rollout]\nconsul_prefix = \"graysplit/r/\"\nplan_file = \"p.json\"\n"
+        ));
+        assert!(e[0].contains("set either consul_prefix"), "{e:?}");
+        let e = errors(&format!(
+            "{BASE}{CONSUL}[rollout]\nplan_file = \"p.json\"\n"
+        ));
+        assert!(e[0].contains("makes Consul own it"), "{e:?}");
+        let e = errors(&format!(
+            "{BASE}{CONSUL}[rollout]\nconsul_prefix = \"graysplit/\"\n"
+        ));
+        assert!(e[0].contains("overlaps gray.consul_prefix"), "{e:?}");
+        let e = errors(&format!(
+            "{BASE}{CONSUL}[pools.gray]\nconsul_prefix = \"graysplit/rollout/gray/\"\n\
+             [rollout]\nconsul_prefix = \"graysplit/rollout/\"\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|t| t.contains("overlaps pools.gray.consul_prefix")),
+            "{e:?}"
+        );
+    }
+}
