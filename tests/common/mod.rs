@@ -4,10 +4,12 @@
 
 pub mod consul;
 pub mod faulty;
+pub mod flaky;
 pub mod load;
 pub mod nginx;
 pub mod proc;
 pub mod redis;
+pub mod rollout;
 pub mod server_thread;
 pub mod upstream;
 
