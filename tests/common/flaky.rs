@@ -97,9 +97,10 @@ impl FlakyUpstream {
     }
 
     pub fn set_delay(&self, d: Duration) {
-        self.shared
-            .delay_ms
-            .store(u64::try_from(d.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.shared.delay_ms.store(
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn gets(&self) -> u64 {

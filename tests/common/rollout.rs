@@ -185,13 +185,22 @@ pub async fn page(
             .unwrap_or("-")
             .to_string()
     };
-    let (status, pool, reason) = (r.status().as_u16(), h("x-graysplit-pool"), h("x-graysplit-reason"));
+    let (status, pool, reason) = (
+        r.status().as_u16(),
+        h("x-graysplit-pool"),
+        h("x-graysplit-reason"),
+    );
     let new_pin = r
         .headers()
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|c| c.split(';').next()?.strip_prefix("graysplit=").map(str::to_string));
+        .find_map(|c| {
+            c.split(';')
+                .next()?
+                .strip_prefix("graysplit=")
+                .map(str::to_string)
+        });
     let body = r.text().await.unwrap_or_default();
     (status, pool, reason, new_pin, body)
 }
