@@ -37,7 +37,8 @@ pub fn consul_toml(consul: &ConsulStandIn, instance: &str) -> String {
     format!(
         "{}[consul]\naddresses = [\"{}\"]\ninterval = \"50ms\"\nwait = \"10s\"\n\
          [rollout]\nconsul_prefix = \"{PREFIX}\"\ninstance = \"{instance}\"\ntick = \"100ms\"\n\
-         publish_interval = \"200ms\"\nsession_ttl = \"10s\"\nlock_delay = \"1s\"\n",
+         publish_interval = \"200ms\"\nsession_ttl = \"10s\"\nlock_delay = \"1s\"\n\
+         [rollout.mirror]\ntimeout = \"5s\"\n",
         common_toml("consul_prefix = \"graysplit/gray/\""),
         consul.url()
     )
