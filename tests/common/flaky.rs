@@ -23,13 +23,16 @@ use hyper_util::rt::TokioIo;
 use super::server_thread::ServerThread;
 
 /// What one GET looked like (for the mirror assertions).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
+    /// Path and query.
     pub path: String,
     pub mirrored: bool,
     pub had_cookie: bool,
     pub had_body: bool,
+    /// When the request head arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +132,10 @@ async fn answer(
 ) -> Response<Full<Bytes>> {
     let builder = Response::builder().header("x-served-by", addr.to_string());
     let path = req.uri().path().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.clone(), |p| p.as_str().to_string());
     if req.method() == hyper::Method::HEAD {
         return builder
             .body(Full::new(Bytes::new()))
@@ -143,10 +150,11 @@ async fn answer(
         || req.headers().contains_key("transfer-encoding");
     state.seen.lock().expect("seen lock").push(Seen {
         method: req.method().to_string(),
-        path: path.clone(),
+        path: target,
         mirrored,
         had_cookie,
         had_body,
+        at: std::time::Instant::now(),
     });
     let n = state.gets.fetch_add(1, Ordering::Relaxed) + 1;
     if mirrored {
