@@ -82,12 +82,19 @@ async fn copies_leave_after_the_answer_without_cookies_or_bodies() {
     let seen = gray.seen();
     assert_eq!(seen.len(), 12, "{seen:#?}");
     for s in &seen {
-        assert!(s.mirrored && s.method == "GET" && !s.had_cookie && !s.had_body, "{s:?}");
+        assert!(
+            s.mirrored && s.method == "GET" && !s.had_cookie && !s.had_body,
+            "{s:?}"
+        );
         let (_, done) = answered
             .iter()
             .find(|(p, _)| *p == s.path)
             .unwrap_or_else(|| panic!("a copy of a page never asked for: {s:?}"));
-        assert!(s.at >= *done, "the copy of {} reached gray before its answer", s.path);
+        assert!(
+            s.at >= *done,
+            "the copy of {} reached gray before its answer",
+            s.path
+        );
     }
     assert_eq!(
         ro::metric(&g, "graysplit_mirror_requests_total{result=\"2xx\"}").await,
@@ -101,7 +108,11 @@ async fn copies_leave_after_the_answer_without_cookies_or_bodies() {
     let v = ro::rollout(&g).await;
     assert_eq!(v["local"]["mirror"]["gray"][ro::GRAY_BUILD]["requests"], 12);
     assert_eq!(v["state"]["stage"], "mirror");
-    assert_eq!(ro::live_percent(&g).await, 0.0, "no user on gray in the mirror stage");
+    assert_eq!(
+        ro::live_percent(&g).await,
+        0.0,
+        "no user on gray in the mirror stage"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -120,14 +131,19 @@ async fn a_slow_gray_gets_at_most_max_in_flight_copies_and_base_is_served_throug
         .collect();
     let load = Load::start(&g, clients, Duration::from_millis(20));
     let max_in_flight = std::sync::atomic::AtomicU64::new(0);
-    common::eventually(Duration::from_secs(30), "dropped and timed-out copies", || async {
-        let v = ro::rollout(&g).await;
-        let now = v["mirror"]["in_flight"].as_u64().unwrap_or(0);
-        max_in_flight.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
-        let dropped = ro::metric(&g, "graysplit_mirror_dropped_total{why=\"in_flight\"}").await;
-        let timeouts = ro::metric(&g, "graysplit_mirror_requests_total{result=\"timeout\"}").await;
-        (dropped >= 20.0 && timeouts >= 4.0).then_some(())
-    })
+    common::eventually(
+        Duration::from_secs(30),
+        "dropped and timed-out copies",
+        || async {
+            let v = ro::rollout(&g).await;
+            let now = v["mirror"]["in_flight"].as_u64().unwrap_or(0);
+            max_in_flight.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+            let dropped = ro::metric(&g, "graysplit_mirror_dropped_total{why=\"in_flight\"}").await;
+            let timeouts =
+                ro::metric(&g, "graysplit_mirror_requests_total{result=\"timeout\"}").await;
+            (dropped >= 20.0 && timeouts >= 4.0).then_some(())
+        },
+    )
     .await;
     let report = load.finish().await;
     report.assert_clean("slow gray");
@@ -142,19 +158,37 @@ async fn a_slow_gray_gets_at_most_max_in_flight_copies_and_base_is_served_throug
     .await;
     let sent = ro::metric_sum(&g, "graysplit_mirror_requests_total", &[]).await;
     let dropped = ro::metric_sum(&g, "graysplit_mirror_dropped_total", &[]).await;
-    assert_eq!(sent + dropped, report.pages as f64, "{}", report.summary("slow gray"));
-    assert!(gray.mirrored() as f64 <= sent, "{} reached, {sent} sent", gray.mirrored());
+    assert_eq!(
+        sent + dropped,
+        report.pages as f64,
+        "{}",
+        report.summary("slow gray")
+    );
+    assert!(
+        gray.mirrored() as f64 <= sent,
+        "{} reached, {sent} sent",
+        gray.mirrored()
+    );
     // Gray recovers: copies succeed and are counted in the mirror windows.
     gray.set_delay(Duration::ZERO);
     let before = ro::metric(&g, "graysplit_mirror_requests_total{result=\"2xx\"}").await;
-    let load = Load::start(&g, vec![LoadClient::at("10.4.1.1")], Duration::from_millis(50));
+    let load = Load::start(
+        &g,
+        vec![LoadClient::at("10.4.1.1")],
+        Duration::from_millis(50),
+    );
     common::eventually(Duration::from_secs(20), "successful copies", || async {
         let now = ro::metric(&g, "graysplit_mirror_requests_total{result=\"2xx\"}").await;
         (now >= before + 5.0).then_some(())
     })
     .await;
     let recovered = load.finish().await;
-    assert_eq!(recovered.failed, 0, "{}", recovered.summary("gray recovered"));
+    assert_eq!(
+        recovered.failed,
+        0,
+        "{}",
+        recovered.summary("gray recovered")
+    );
     let v = ro::wait(&g, Duration::from_secs(10), "a window with copies", |v| {
         ro::windows(v)
             .iter()

@@ -61,8 +61,7 @@ async fn a_restart_resumes_the_step_from_the_state_file() {
     first.signal(libc::SIGKILL);
     load.finish().await;
     // What the state file says is what the next process starts from.
-    let saved: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert_eq!(saved["status"], "running");
     assert_eq!(saved["step_index"], 1);
     let passes_before = saved["passes"].as_u64().unwrap();
@@ -96,12 +95,14 @@ async fn a_restart_resumes_the_step_from_the_state_file() {
         .unwrap();
     for w in ro::windows(&done) {
         if w["ended_unix_ms"].as_u64().unwrap() > resumed_at {
-            assert!(w["step"].as_u64().unwrap() >= 2, "never back to step 1: {w:#}");
+            assert!(
+                w["step"].as_u64().unwrap() >= 2,
+                "never back to step 1: {w:#}"
+            );
         }
     }
     assert_eq!(ro::live_percent(&second).await, 100.0);
-    let saved: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert_eq!(saved["status"], "completed");
 }
 
@@ -114,12 +115,21 @@ async fn admin_posts_pause_resume_and_abort_and_a_bad_plan_file_changes_nothing(
     let gray = FlakyUpstream::start("gray");
     let g = ro::start(&file_toml(&plan), &ro::pools(&base, &gray));
     let load = Load::start(&g, browsers(8), Duration::from_millis(40));
-    ro::wait(&g, Duration::from_secs(10), "running", |v| ro::status(v) == "running").await;
+    ro::wait(&g, Duration::from_secs(10), "running", |v| {
+        ro::status(v) == "running"
+    })
+    .await;
     assert_eq!(post(&g, "/rollout/pause").await["ok"], true);
-    ro::wait(&g, Duration::from_secs(10), "paused", |v| ro::status(v) == "paused").await;
+    ro::wait(&g, Duration::from_secs(10), "paused", |v| {
+        ro::status(v) == "paused"
+    })
+    .await;
     assert_eq!(ro::live_percent(&g).await, 25.0, "a pause keeps the step");
     assert_eq!(post(&g, "/rollout/resume").await["ok"], true);
-    ro::wait(&g, Duration::from_secs(10), "running", |v| ro::status(v) == "running").await;
+    ro::wait(&g, Duration::from_secs(10), "running", |v| {
+        ro::status(v) == "running"
+    })
+    .await;
     // A broken plan file is refused with every problem; the running plan goes on.
     std::fs::write(&plan, r#"{"steps": [25, 5], "window": "soon"}"#).unwrap();
     let refused = ro::wait(&g, Duration::from_secs(10), "the plan errors", |v| {
@@ -131,11 +141,17 @@ async fn admin_posts_pause_resume_and_abort_and_a_bad_plan_file_changes_nothing(
     let out = run(&["-t", "-c", conf.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("rollout.plan_file (") && err.contains(") steps[1] = \"5\""), "{err}");
+    assert!(
+        err.contains("rollout.plan_file (") && err.contains(") steps[1] = \"5\""),
+        "{err}"
+    );
     assert!(err.contains(") window = \"soon\""), "{err}");
     let r = post(&g, "/rollout/abort").await;
     assert_eq!(r["ok"], true);
-    let aborted = ro::wait(&g, Duration::from_secs(10), "aborted", |v| ro::status(v) == "aborted").await;
+    let aborted = ro::wait(&g, Duration::from_secs(10), "aborted", |v| {
+        ro::status(v) == "aborted"
+    })
+    .await;
     assert_eq!(aborted["state"]["percent"], 0.0);
     assert_eq!(ro::live_percent(&g).await, 0.0);
     let again = post(&g, "/rollout/resume").await;

@@ -61,7 +61,12 @@ async fn shares_follow_the_live_switches_rules_and_whitelists() {
 
     let (code, text) = simulate(&g, &["--samples", "500"]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("graysplit simulate: 500 samples; switches enabled=true all=false percent=10"), "{text}");
+    assert!(
+        text.contains(
+            "graysplit simulate: 500 samples; switches enabled=true all=false percent=10"
+        ),
+        "{text}"
+    );
     assert!(text.contains("result: pass"), "{text}");
     let (code, json) = simulate(&g, &["--samples", "500", "--json", "--users"]);
     assert_eq!(code, 0, "{json}");

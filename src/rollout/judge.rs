@@ -39,7 +39,7 @@ pub fn bucket_of(ms: u64) -> usize {
 /// bucket; in the overflow bucket, the highest bound (as `histogram_quantile` returns for +Inf).
 /// `None` without observations.
 pub fn quantile(counts: &[u64], q: f64) -> Option<f64> {
-    let total: u64 = counts.iter().sum();
+    let total = counts.iter().fold(0u64, |t, n| t.saturating_add(*n));
     if total == 0 {
         return None;
     }
@@ -49,7 +49,7 @@ pub fn quantile(counts: &[u64], q: f64) -> Option<f64> {
         if n == 0 {
             continue;
         }
-        if (below + n) as f64 >= rank {
+        if below.saturating_add(n) as f64 >= rank {
             let Some(&upper) = BOUNDS_MS.get(i) else {
                 return Some(f64::from(BOUNDS_MS[BOUNDS_MS.len() - 1]));
             };
@@ -57,7 +57,7 @@ pub fn quantile(counts: &[u64], q: f64) -> Option<f64> {
             let into = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
             return Some(f64::from(lower) + f64::from(upper - lower) * into);
         }
-        below += n;
+        below = below.saturating_add(n);
     }
     Some(f64::from(BOUNDS_MS[BOUNDS_MS.len() - 1]))
 }
@@ -76,7 +76,7 @@ impl Side {
         if self.requests == 0 {
             0.0
         } else {
-            self.failed as f64 / self.requests as f64
+            (self.failed as f64 / self.requests as f64).min(1.0)
         }
     }
 
@@ -212,9 +212,11 @@ pub fn two_proportion_z(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
     if n1 == 0 || n2 == 0 {
         return 0.0;
     }
+    // Counts come from other instances' records: never more failures than requests.
+    let (x1, x2) = (x1.min(n1), x2.min(n2));
     let (n1f, n2f) = (n1 as f64, n2 as f64);
     let (p1, p2) = (x1 as f64 / n1f, x2 as f64 / n2f);
-    let pooled = (x1 + x2) as f64 / (n1f + n2f);
+    let pooled = (x1 as f64 + x2 as f64) / (n1f + n2f);
     let se = (pooled * (1.0 - pooled) * (1.0 / n1f + 1.0 / n2f)).sqrt();
     if se == 0.0 {
         return 0.0;

@@ -587,3 +587,138 @@ mod tests {
         assert!(parse(r#"{"steps": []}"#).is_err());
     }
 }
+
+/// Property tests (`cargo test --lib fuzz_`; `PROPTEST_CASES=1000000` for the long run): a plan
+/// is outside input (a Consul value or a file).
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid plan as (its JSON text, the plan it must parse to).
+    fn valid_plan() -> impl Strategy<Value = (String, Plan)> {
+        (
+            proptest::collection::btree_set(1u32..=10_000, 1..8),
+            1u64..=30,
+            1u64..=10,
+            1u32..=100,
+            proptest::option::of((1u32..=10_000, 1u64..=5)),
+            1u64..=100_000,
+            0u32..=500,
+            5_001u32..=9_999,
+        )
+            .prop_map(
+                |(steps, window_s, k, limit, mirror, min, margin_cpp, conf_cpct)| {
+                    let steps: Vec<u32> = steps.into_iter().collect();
+                    let window = Duration::from_secs(window_s);
+                    let step_duration = window * u32::try_from(k).unwrap_or(1);
+                    let mirror = mirror.map(|(bp, m)| MirrorStage {
+                        percent_bp: bp,
+                        duration: window * u32::try_from(m).unwrap_or(1),
+                    });
+                    let text = serde_json::json!({
+                        "steps": steps.iter().map(|bp| f64::from(*bp) / 100.0).collect::<Vec<_>>(),
+                        "window": format!("{window_s}s"),
+                        "step_duration": format!("{}s", window_s * k),
+                        "failure_limit": limit,
+                        "hold_timeout": format!("{window_s}s"),
+                        "mirror": mirror.as_ref().map(|m| serde_json::json!({
+                            "percent": f64::from(m.percent_bp) / 100.0,
+                            "duration": format!("{}s", m.duration.as_secs()),
+                        })),
+                        "analysis": {
+                            "min_requests": min,
+                            "max_error_increase": f64::from(margin_cpp) / 100.0,
+                            "confidence": f64::from(conf_cpct) / 100.0,
+                        },
+                    })
+                    .to_string();
+                    let plan = Plan {
+                        name: None,
+                        steps,
+                        step_duration,
+                        window,
+                        failure_limit: limit,
+                        hold_timeout: window,
+                        mirror,
+                        analysis: Analysis {
+                            min_requests: min,
+                            max_error_increase: f64::from(margin_cpp) / 10_000.0,
+                            confidence: f64::from(conf_cpct) / 10_000.0,
+                            ..Analysis::default()
+                        },
+                    };
+                    (text, plan)
+                },
+            )
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    proptest! {
+        /// Any text: a plan or a list of problems, each with a rule; never a panic.
+        #[test]
+        fn fuzz_plan_text_of_any_shape_never_panics(text in ".{0,200}") {
+            if let Err(errors) = parse(&text) {
+                prop_assert!(!errors.is_empty());
+                prop_assert!(errors.iter().all(|e| !e.rule.is_empty()));
+            }
+        }
+
+        /// Any JSON object with plan keys holding arbitrary JSON values: never a panic, and
+        /// every problem names a key of the plan.
+        #[test]
+        fn fuzz_plan_keys_with_any_values_never_panic(
+            values in proptest::collection::vec(
+                (prop::sample::select(TOP_KEYS.to_vec()),
+                 prop_oneof![
+                     Just(serde_json::json!(null)), any::<i64>().prop_map(|n| serde_json::json!(n)),
+                     any::<f64>().prop_map(|f| serde_json::json!(f)), ".{0,12}".prop_map(|s| serde_json::json!(s)),
+                     Just(serde_json::json!([1, 2, 3])), Just(serde_json::json!({"percent": "x"})),
+                     Just(serde_json::json!([-1.5, 1e300, "7"])),
+                 ]),
+                0..10),
+        ) {
+            let obj: serde_json::Map<String, Value> =
+                values.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            if let Err(errors) = parse(&Value::Object(obj).to_string()) {
+                for e in errors {
+                    let root = e.key.split(['.', '[']).next().unwrap_or("");
+                    prop_assert!(TOP_KEYS.contains(&root), "{}", e);
+                }
+            }
+        }
+
+        /// A generated valid plan parses to exactly what it says.
+        #[test]
+        fn fuzz_valid_plans_parse_to_what_they_say((text, want) in valid_plan()) {
+            let got = parse(&text).map_err(|e| format!("{e:?}"));
+            prop_assert!(got.is_ok(), "{} -> {:?}", text, got);
+            let got = got.unwrap_or_else(|_| want.clone());
+            prop_assert_eq!(&got.steps, &want.steps);
+            prop_assert_eq!(got.window, want.window);
+            prop_assert_eq!(got.step_duration, want.step_duration);
+            prop_assert_eq!(got.failure_limit, want.failure_limit);
+            prop_assert_eq!(&got.mirror, &want.mirror);
+            prop_assert_eq!(got.analysis.min_requests, want.analysis.min_requests);
+            prop_assert!(close(got.analysis.max_error_increase, want.analysis.max_error_increase));
+            prop_assert!(close(got.analysis.confidence, want.analysis.confidence));
+        }
+
+        /// One broken value in a valid plan is reported under its own key.
+        #[test]
+        fn fuzz_a_broken_value_is_reported_under_its_key(
+            (text, _) in valid_plan(),
+            key in prop::sample::select(vec!["steps", "window", "step_duration", "failure_limit", "hold_timeout"]),
+            bad in prop_oneof![Just(serde_json::json!("soon")), Just(serde_json::json!(-3)),
+                               Just(serde_json::json!([]))],
+        ) {
+            let mut v: Value = serde_json::from_str(&text).unwrap_or_default();
+            v[key] = bad;
+            let errors = parse(&v.to_string()).err().unwrap_or_default();
+            prop_assert!(errors.iter().any(|e| e.key == key), "{:?}", errors);
+        }
+    }
+}

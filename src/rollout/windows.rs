@@ -182,14 +182,15 @@ impl Totals {
         }
     }
 
+    /// Saturating: the records come from other instances through Consul and may be anything.
     fn add(&mut self, other: &Totals) {
-        self.requests += other.requests;
-        self.failed += other.failed;
-        self.status_5xx += other.status_5xx;
-        self.upstream_errors += other.upstream_errors;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.failed = self.failed.saturating_add(other.failed);
+        self.status_5xx = self.status_5xx.saturating_add(other.status_5xx);
+        self.upstream_errors = self.upstream_errors.saturating_add(other.upstream_errors);
         self.latency.resize(BUCKETS, 0);
         for (i, n) in other.latency.iter().take(BUCKETS).enumerate() {
-            self.latency[i] += n;
+            self.latency[i] = self.latency[i].saturating_add(*n);
         }
     }
 }
@@ -251,8 +252,9 @@ fn add_into(sum: &mut Snapshot, part: &Snapshot) {
 
 /// Requests of `pool` (all builds) in a snapshot.
 pub fn requests(s: &Snapshot, pool: &str) -> u64 {
-    s.get(pool)
-        .map_or(0, |b| b.values().map(|t| t.requests).sum())
+    s.get(pool).map_or(0, |b| {
+        b.values().fold(0u64, |n, t| n.saturating_add(t.requests))
+    })
 }
 
 /// The judge's view of `pool`: all its builds summed.
@@ -456,5 +458,75 @@ mod tests {
         let text = serde_json::to_string(&p).unwrap();
         assert!(text.contains("\"5xx\":0"), "{text}");
         assert_eq!(serde_json::from_str::<Published>(&text).unwrap(), p);
+    }
+}
+
+/// Property tests (`cargo test --lib fuzz_`): other instances' records come through Consul and
+/// may hold any numbers.
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use crate::rollout::judge;
+    use crate::rollout::plan::Analysis;
+    use proptest::prelude::*;
+
+    fn totals() -> impl Strategy<Value = Totals> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u64>(), 0..40),
+        )
+            .prop_map(|(requests, failed, status_5xx, latency)| Totals {
+                requests,
+                failed,
+                status_5xx,
+                upstream_errors: 0,
+                latency,
+            })
+    }
+
+    fn record() -> impl Strategy<Value = Published> {
+        (
+            "[a-c]",
+            "[0-2]",
+            any::<u64>(),
+            proptest::collection::btree_map(
+                "base|gray|x",
+                proptest::collection::btree_map("[a-b]", totals(), 0..3),
+                0..3,
+            ),
+        )
+            .prop_map(|(instance, boot, started_ms, real)| Published {
+                v: 1,
+                instance,
+                boot,
+                started_ms,
+                at_ms: 0,
+                mirror: real.clone(),
+                real,
+            })
+    }
+
+    proptest! {
+        /// Any records at both ends of a window: the sums, the sides and the judge never panic,
+        /// and a side below `min_requests` is never judged.
+        #[test]
+        fn fuzz_windows_from_any_records_never_panic(
+            start in proptest::collection::vec(record(), 0..4),
+            now in proptest::collection::vec(record(), 0..4),
+            started in any::<u64>(),
+            min in 1u64..1_000,
+        ) {
+            let index = |l: Vec<Published>| l.into_iter().map(|p| (p.instance.clone(), p)).collect::<BTreeMap<_, _>>();
+            let w = window_delta(&index(start), &index(now), started);
+            let (base, gray) = (side(&w.real, "base"), side(&w.real, "gray"));
+            let a = Analysis { min_requests: min, ..Analysis::default() };
+            let j = judge::judge(&base, &gray, &a);
+            if base.requests < min || gray.requests < min {
+                prop_assert_eq!(j.verdict, judge::Verdict::NoData);
+            }
+            prop_assert!(j.z.is_none_or(|z| !z.is_nan()));
+        }
     }
 }
