@@ -149,7 +149,7 @@ pub fn judge(base: &Side, gray: &Side, a: &Analysis) -> Judgement {
     };
     if gray.requests < a.min_requests || base.requests < a.min_requests {
         j.reason = format!(
-            "no data: gray had {} request(s), base {}; a window needs {} on each side",
+            "gray had {} request(s), base {}; a window needs {} on each side",
             gray.requests, base.requests, a.min_requests
         );
         return j;
@@ -191,10 +191,7 @@ pub fn judge(base: &Side, gray: &Side, a: &Analysis) -> Judgement {
     } else {
         Verdict::Fail
     };
-    j.reason = format!(
-        "{}: {errors}; {latency}",
-        if j.failed.is_empty() { "pass" } else { "fail" }
-    );
+    j.reason = format!("{errors}; {latency}");
     j
 }
 
