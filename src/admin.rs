@@ -213,7 +213,11 @@ impl ServeHttp for AdminApp {
         if let Some((code, v)) =
             crate::rollout::status::serve(&self.rollout, &self.gray, method, path, query).await
         {
-            return json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), &v);
+            let mut resp = json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), &v);
+            if req.method == http::Method::HEAD {
+                resp.body_mut().clear();
+            }
+            return resp;
         }
         if req.uri.path() == "/decide" {
             return match crate::gray::explain::decide(&self.gray, req.uri.query()).await {

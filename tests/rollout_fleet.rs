@@ -233,3 +233,45 @@ async fn two_instances_one_driver_both_follow_the_judge_sums_and_a_killed_driver
         ro::tail(&log, 40)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_that_stops_cleanly_releases_the_lock_and_destroys_its_session() {
+    let consul = ConsulStandIn::start();
+    let base = Upstream::start("base");
+    let gray = FlakyUpstream::start("gray");
+    let files = ro::pools(&base, &gray);
+    let a = ro::start(&ro::consul_toml(&consul, "a"), &files);
+    let b = ro::start(&ro::consul_toml(&consul, "b"), &files);
+    let session = common::eventually(Duration::from_secs(20), "a driver", || async {
+        consul.lock_holder(LOCK_KEY)
+    })
+    .await;
+    let (driver, survivor) = if consul.get(LOCK_KEY).as_deref() == Some("a") {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    driver.signal(libc::SIGTERM);
+    // Gone before its TTL could have expired it: the session is renewed every 5 s (TTL/2) and
+    // lives 10 s, so it cannot expire within 4 s of the signal; only the driver destroys it.
+    common::eventually(Duration::from_secs(4), "the session destroyed", || async {
+        (!consul.sessions().contains(&session)).then_some(())
+    })
+    .await;
+    common::eventually(
+        Duration::from_secs(10),
+        "the other instance driving",
+        || async {
+            let v = ro::rollout(survivor).await;
+            (v["driver"]["this_instance"] == true).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(consul.lock_index(LOCK_KEY), 2);
+    let log = driver.log();
+    assert!(
+        log.contains("rollout: lock graysplit/rollout/lock released"),
+        "{}",
+        ro::tail(&log, 30)
+    );
+}
