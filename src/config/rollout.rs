@@ -218,26 +218,31 @@ impl Validator<'_> {
             );
             return Source::Off;
         };
-        for (pool, p) in &ctx.pool_prefixes {
-            if p.starts_with(&prefix) || prefix.starts_with(p.as_str()) {
+        // The rollout folder and, next to it, the instances' counters (`<prefix>-windows/`).
+        let windows = crate::rollout::fleet::windows_folder(&prefix);
+        for folder in [&prefix, &windows] {
+            for (pool, p) in &ctx.pool_prefixes {
+                if p.starts_with(folder.as_str()) || folder.starts_with(p.as_str()) {
+                    self.error(
+                        KEY,
+                        &prefix,
+                        format!(
+                            "{folder:?} overlaps pools.{pool}.consul_prefix = {p:?}: the pool \
+                             would read the rollout's keys as servers"
+                        ),
+                    );
+                }
+            }
+            if switches.starts_with(folder.as_str()) || folder.starts_with(switches) {
                 self.error(
                     KEY,
                     &prefix,
                     format!(
-                        "overlaps pools.{pool}.consul_prefix = {p:?}: the pool would read the \
-                         rollout's keys as servers"
+                        "{folder:?} overlaps gray.consul_prefix = {switches:?}: give the \
+                         rollout its own folder"
                     ),
                 );
             }
-        }
-        if switches.starts_with(&prefix) || prefix.starts_with(switches) {
-            self.error(
-                KEY,
-                &prefix,
-                format!(
-                    "overlaps gray.consul_prefix = {switches:?}: give the rollout its own folder"
-                ),
-            );
         }
         Source::Consul {
             prefix,
@@ -352,6 +357,15 @@ mod tests {
             "{BASE}{CONSUL}[rollout]\nconsul_prefix = \"graysplit/\"\n"
         ));
         assert!(e[0].contains("overlaps gray.consul_prefix"), "{e:?}");
+        let e = errors(&format!(
+            "{BASE}{CONSUL}[pools.gray]\nconsul_prefix = \"graysplit/rollout-windows/\"\n\
+             [rollout]\nconsul_prefix = \"graysplit/rollout/\"\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|t| t.contains("\"graysplit/rollout-windows/\" overlaps pools.gray")),
+            "{e:?}"
+        );
         let e = errors(&format!(
             "{BASE}{CONSUL}[pools.gray]\nconsul_prefix = \"graysplit/rollout/gray/\"\n\
              [rollout]\nconsul_prefix = \"graysplit/rollout/\"\n"

@@ -118,6 +118,19 @@ impl ConsulApi {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, Vec<u8>), String> {
+        self.call_indexed(method, path, body, None)
+            .await
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// As [`ConsulApi::call`], with the answer's `X-Consul-Index` and an optional timeout.
+    async fn call_indexed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<(u16, Option<i64>, Vec<u8>), String> {
         if self.addresses.is_empty() {
             return Err("no Consul address configured".into());
         }
@@ -126,12 +139,15 @@ impl ConsulApi {
         for k in 0..self.addresses.len() {
             let i = (start + k) % self.addresses.len();
             let address = &self.addresses[i];
-            match self.call_one(&method, address, path, body.clone()).await {
-                Ok((status, body)) if status < 500 => {
+            match self
+                .call_one(&method, address, path, body.clone(), timeout)
+                .await
+            {
+                Ok((status, index, body)) if status < 500 => {
                     self.current.store(i, Ordering::Relaxed);
-                    return Ok((status, body));
+                    return Ok((status, index, body));
                 }
-                Ok((status, body)) => {
+                Ok((status, _, body)) => {
                     problems.push(format!("{address}: answered {status}: {:?}", quote(&body)))
                 }
                 Err(e) => problems.push(format!("{address}: {e}")),
@@ -148,10 +164,14 @@ impl ConsulApi {
         address: &str,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<(u16, Vec<u8>), String> {
+        timeout: Option<Duration>,
+    ) -> Result<(u16, Option<i64>, Vec<u8>), String> {
         let mut req = self
             .http
             .request(method.clone(), format!("{address}{path}"));
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some(token) = &self.token {
             let mut value = http::HeaderValue::from_str(token.expose())
                 .map_err(|_| "the Consul token is not a valid header value".to_string())?;
@@ -163,6 +183,11 @@ impl ConsulApi {
         }
         let mut resp = req.send().await.map_err(|e| chain(&e))?;
         let status = resp.status().as_u16();
+        let index = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok());
         let mut out = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| chain(&e))? {
             if out.len() + chunk.len() > MAX_BODY {
@@ -170,7 +195,7 @@ impl ConsulApi {
             }
             out.extend_from_slice(&chunk);
         }
-        Ok((status, out))
+        Ok((status, index, out))
     }
 
     fn refused(what: &str, status: u16, body: &[u8]) -> String {
@@ -195,6 +220,36 @@ impl ConsulApi {
         match status {
             200 => parse_entries(&body),
             404 => Ok(Vec::new()),
+            _ => Err(Self::refused(
+                &format!("GET {prefix}?recurse"),
+                status,
+                &body,
+            )),
+        }
+    }
+
+    /// A blocking query on `prefix` (Consul's "Blocking Queries": `index=0` answers at once,
+    /// otherwise Consul holds the query until something under the prefix changes or `wait`
+    /// passes). Returns the entries and the answer's `X-Consul-Index`.
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(Vec<Entry>, i64), String> {
+        let path = format!(
+            "/v1/kv/{prefix}?recurse&index={index}&wait={}",
+            duration::format(wait)
+        );
+        // Consul may hold a query for wait + wait/16.
+        let timeout = wait + wait / 16 + Duration::from_secs(3);
+        let (status, idx, body) = self
+            .call_indexed(reqwest::Method::GET, &path, None, Some(timeout))
+            .await?;
+        let idx = idx.ok_or_else(|| format!("GET {prefix}: no numeric X-Consul-Index"))?;
+        match status {
+            200 => Ok((parse_entries(&body)?, idx)),
+            404 => Ok((Vec::new(), idx)),
             _ => Err(Self::refused(
                 &format!("GET {prefix}?recurse"),
                 status,

@@ -7,11 +7,17 @@
 //! | `control` | the operator (or `POST /rollout/<command>`) | `pause`, `resume`, `abort` or `promote` |
 //! | `state` | the driver (`?cas=`) | [`super::driver::RolloutState`] as JSON |
 //! | `lock` | the driver (`?acquire=`) | the driver's instance name; its `Session` is the lock |
-//! | `windows/<instance>` | each instance, every `publish_interval` | [`super::windows::Published`] |
+//!
+//! and, in a sibling folder (`graysplit/rollout-windows/` for the prefix `graysplit/rollout/`),
+//! `<instance>`: each instance's [`super::windows::Published`] counters, every
+//! `publish_interval`. They live apart so that every instance can watch the rollout folder with a
+//! blocking query that wakes only when the plan, a command, the state or the lock changes —
+//! followers cost Consul one held query each, and react at once to a command or a lost lock —
+//! while only the driver reads the counters.
 //!
 //! The step goes to `<gray.consul_prefix>percent`, the switch every instance already follows
-//! within milliseconds; the mirror share goes with the state, which every instance reads each
-//! tick. Consul unreachable: nothing is written, every instance keeps the percent it has.
+//! within milliseconds; the mirror share goes with the state. Consul unreachable: nothing is
+//! written, every instance keeps the percent it has.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,10 +40,18 @@ pub fn percent_text(bp: u32) -> String {
     format!("{}", f64::from(bp) / 100.0)
 }
 
+/// The folder of the instances' counters, next to the rollout folder.
+pub fn windows_folder(prefix: &str) -> String {
+    format!("{}-windows/", prefix.trim_end_matches('/'))
+}
+
 pub struct Fleet {
     rollout: Arc<Rollout>,
     gray: Arc<GrayEngine>,
     prefix: String,
+    windows_prefix: String,
+    /// Index of the next blocking query on the rollout folder.
+    index: u64,
     switches_prefix: String,
     lock: Lock,
     last_publish: Option<Instant>,
@@ -70,6 +84,8 @@ impl Fleet {
         Fleet {
             rollout,
             gray,
+            windows_prefix: windows_folder(&prefix),
+            index: 0,
             prefix,
             switches_prefix,
             lock,
@@ -91,14 +107,21 @@ impl Fleet {
             "rollout: instance {} follows Consul {}plan (tick {:?})",
             self.rollout.instance, self.prefix, self.rollout.settings.tick
         );
-        let mut tick = tokio::time::interval(self.rollout.settings.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Each turn waits (a blocking query) at most one tick for a change of the rollout
+        // folder; a change ends the wait at once, but turns are never closer than a fifth of a
+        // tick, and after a Consul error one tick apart.
+        let tick = self.rollout.settings.tick;
         loop {
+            let started = tokio::time::Instant::now();
+            let ok = tokio::select! {
+                ok = self.tick(&api) => ok,
+                _ = shutdown.changed() => break,
+            };
+            let gap = if ok { tick / 5 } else { tick };
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(started + gap) => {}
                 _ = shutdown.changed() => break,
             }
-            self.tick(&api).await;
         }
         self.lock.give_up(&api, self.driving).await;
     }
@@ -124,7 +147,7 @@ impl Fleet {
             return;
         }
         self.last_publish = Some(Instant::now());
-        let key = format!("{}windows/{}", self.prefix, self.rollout.instance);
+        let key = format!("{}{}", self.windows_prefix, self.rollout.instance);
         let body = match serde_json::to_vec(&self.rollout.published()) {
             Ok(b) => b,
             Err(e) => return self.problem("publishing", "publish", format!("encoding: {e}")),
@@ -139,15 +162,20 @@ impl Fleet {
         }
     }
 
-    async fn tick(&mut self, api: &ConsulApi) {
+    /// One turn; false after a Consul read error.
+    async fn tick(&mut self, api: &ConsulApi) -> bool {
         self.publish(api).await;
         self.lock.keep_session(api).await;
-        let entries = match api.list(&self.prefix).await {
-            Ok(e) => {
+        let wait = self.rollout.settings.tick;
+        let entries = match api.watch(&self.prefix, self.index, wait).await {
+            Ok((e, index)) => {
                 self.cleared("reading");
+                self.index = crate::upstream::consul::next_index(self.index, index);
                 e
             }
             Err(e) => {
+                // Consul's rule: after an error, start over with index 0.
+                self.index = 0;
                 self.problem(
                     "reading",
                     "read",
@@ -156,20 +184,14 @@ impl Fleet {
                         self.prefix
                     ),
                 );
-                return self.show(None, None, BTreeMap::new());
+                self.show(None, None, BTreeMap::new());
+                return false;
             }
         };
         let key = |name: &str| format!("{}{name}", self.prefix);
         let find = |name: &str| entries.iter().find(|e| e.key == key(name));
         let (plan_e, control_e, state_e, lock_e) =
             (find("plan"), find("control"), find("state"), find("lock"));
-        let windows_prefix = key("windows/");
-        let records: BTreeMap<String, Published> = entries
-            .iter()
-            .filter(|e| e.key.starts_with(&windows_prefix))
-            .filter_map(|e| serde_json::from_slice::<Published>(&e.value).ok())
-            .map(|p| (p.instance.clone(), p))
-            .collect();
         let fresh_plan = self.read_plan(plan_e);
         let state = state_e.and_then(|e| self.read_state(e));
         let role = self.lock.elect(api, lock_e).await;
@@ -187,14 +209,37 @@ impl Fleet {
             (Role::Follower { holder }, _) => Some(holder.clone()),
             (Role::Free, _) => None,
         };
+        let mut records = BTreeMap::new();
         let state = if driving {
-            self.drive(api, fresh_plan, state, state_e, control_e, &records)
-                .await
+            match api.list(&self.windows_prefix).await {
+                Ok(entries) => {
+                    records = entries
+                        .iter()
+                        .filter_map(|e| serde_json::from_slice::<Published>(&e.value).ok())
+                        .map(|p| (p.instance.clone(), p))
+                        .collect();
+                    self.cleared("counters");
+                    self.drive(api, fresh_plan, state, state_e, control_e, &records)
+                        .await
+                }
+                Err(e) => {
+                    self.problem(
+                        "counters",
+                        "read",
+                        format!(
+                            "reading {}: {e}; no window is judged meanwhile",
+                            self.windows_prefix
+                        ),
+                    );
+                    state
+                }
+            }
         } else {
             state
         };
         self.follow(state.as_ref());
         self.show(state, holder, records);
+        true
     }
 
     /// Parses the plan key when it changed; logs every problem once. Returns the plan and its
@@ -454,6 +499,14 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_live_next_to_the_rollout_folder() {
+        assert_eq!(
+            windows_folder("graysplit/rollout/"),
+            "graysplit/rollout-windows/"
+        );
+    }
 
     #[test]
     fn the_percent_switch_is_written_as_operators_write_it() {
