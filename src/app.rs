@@ -114,15 +114,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         DrainWatch::new(phases, draining.clone()),
     ));
 
-    let rollout =
-        crate::rollout::Rollout::new(
-            config.rollout.clone(),
-            config.rollout.instance.clone().unwrap_or_else(|| {
-                crate::rollout::default_instance(config.server.admin_listen.port())
-            }),
-            metrics.registry(),
-            Some(&config.consul),
-        )?;
+    let rollout = crate::rollout::Rollout::for_config(config, metrics.registry())?;
     let settings = ProxySettings {
         upstream: config.upstream.clone(),
         keepalive_timeout: config.server.keepalive_timeout,
@@ -153,9 +145,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
             }),
         ));
     }
-    if rollout.enabled() {
-        rollout_services(&rollout, &gray, &pools, &mut server);
-    }
+    crate::rollout::add_services(&rollout, &gray, &pools, &mut server);
     let proxy = GraySplit::new(pools.clone(), gray.clone(), settings)
         .ok_or("the base pool is not configured")?;
     // `http_proxy_service_with_name`, with the proxy wrapped so that shutdown does not drop a
@@ -196,34 +186,6 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         pools,
         consul,
     })
-}
-
-/// The rollout driver (or follower) and the mirror sender.
-fn rollout_services(
-    rollout: &Arc<crate::rollout::Rollout>,
-    gray: &Arc<GrayEngine>,
-    pools: &Pools,
-    server: &mut Server,
-) {
-    server.add_service(background_service(
-        "rollout",
-        crate::rollout::RolloutService {
-            rollout: rollout.clone(),
-            gray: gray.clone(),
-        },
-    ));
-    let sender = crate::rollout::mirror::Sender {
-        gate: rollout.gate.clone(),
-        jobs: parking_lot::Mutex::new(rollout.mirror_rx.lock().take()),
-        gray: pools.get("gray").cloned(),
-        counts: rollout.mirrored.clone(),
-        metrics: rollout.metrics.clone(),
-        timeout: rollout.settings.mirror_timeout,
-    };
-    server.add_service(background_service(
-        "mirror",
-        crate::rollout::MirrorService { sender },
-    ));
 }
 
 /// The pin keys; without a configured secret a random one, and a warning saying what that costs.
@@ -326,7 +288,7 @@ pub fn check(config: &Config) -> Result<String, crate::config::ConfigErrors> {
             }),
         }
     }
-    let plan = check_plan_file(config, &mut errors);
+    let plan = crate::rollout::plan_file::check_config(&config.rollout.source, &mut errors);
     if errors.is_empty() {
         Ok(format!(
             "{} pool(s), {servers} server(s){plan}",
@@ -338,55 +300,6 @@ pub fn check(config: &Config) -> Result<String, crate::config::ConfigErrors> {
             errors,
         })
     }
-}
-
-/// File mode: the plan file, if it exists, must be a valid plan (the running driver would refuse
-/// it). Returns a note for the summary line.
-fn check_plan_file(config: &Config, errors: &mut Vec<crate::config::ConfigError>) -> String {
-    let crate::rollout::Source::File { plan, .. } = &config.rollout.source else {
-        return String::new();
-    };
-    match std::fs::read_to_string(plan) {
-        Ok(text) => match crate::rollout::plan::parse(&text) {
-            Ok(p) => format!(", rollout plan with {} step(s)", p.steps.len()),
-            Err(problems) => {
-                errors.extend(plan_errors(
-                    &format!("rollout.plan_file ({})", plan.display()),
-                    problems,
-                ));
-                String::new()
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            format!(", no rollout plan at {} yet", plan.display())
-        }
-        Err(e) => {
-            errors.push(crate::config::ConfigError {
-                key: "rollout.plan_file".into(),
-                value: Some(plan.display().to_string()),
-                rule: format!("cannot read the plan: {e}"),
-            });
-            String::new()
-        }
-    }
-}
-
-/// A plan's problems as config errors under `key` (`rollout.plan_file (…) steps[1] = …`).
-pub fn plan_errors(
-    key: &str,
-    problems: Vec<crate::config::ConfigError>,
-) -> Vec<crate::config::ConfigError> {
-    problems
-        .into_iter()
-        .map(|e| crate::config::ConfigError {
-            key: if e.key.is_empty() {
-                key.to_string()
-            } else {
-                format!("{key} {}", e.key)
-            },
-            ..e
-        })
-        .collect()
 }
 
 /// Runs the Consul switches watcher until shutdown.

@@ -108,60 +108,21 @@ fn simulate(cli: &Cli) -> ExitCode {
             }
         },
     };
-    let base = if admin.contains("://") {
-        admin
-    } else {
-        format!("http://{admin}")
-    };
-    let mut url = match reqwest::Url::parse(&format!("{base}/simulate")) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("graysplit simulate: --admin {base:?}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("samples", &samples.to_string());
-        q.append_pair("tolerance", &tolerance.to_string());
-        for h in headers {
-            q.append_pair("header", h);
-        }
-        if *users {
-            q.append_pair("users", "1");
-        }
-        if let Some(c) = cidr {
-            q.append_pair("cidr", c);
-        }
+    let mut params = vec![
+        ("samples", samples.to_string()),
+        ("tolerance", tolerance.to_string()),
+    ];
+    params.extend(headers.iter().map(|h| ("header", h.clone())));
+    if *users {
+        params.push(("users", "1".into()));
     }
-    let ask = async {
-        let resp = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(std::time::Duration::from_secs(120))
-            .build()?
-            .get(url.clone())
-            .send()
-            .await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        Ok::<_, reqwest::Error>((status, text))
-    };
-    let answer = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(ask).map_err(|e| e.to_string()));
-    let (status, text) = match answer {
-        Ok(a) => a,
+    if let Some(c) = cidr {
+        params.push(("cidr", c.clone()));
+    }
+    let value = match graysplit::rollout::simulate::ask(&admin, &params) {
+        Ok(v) => v,
         Err(e) => {
-            eprintln!("graysplit simulate: {url}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let value: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(v) if status.is_success() => v,
-        _ => {
-            eprintln!("graysplit simulate: {url}: {status}: {}", text.trim());
+            eprintln!("graysplit simulate: {e}");
             return ExitCode::from(2);
         }
     };
@@ -175,32 +136,6 @@ fn simulate(cli: &Cli) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
-}
-
-/// `-t --plan FILE`: the plan's problems, as `-t` prints a config's.
-fn check_plan(path: &std::path::Path) -> Result<String, graysplit::config::ConfigErrors> {
-    let fail = |errors| graysplit::config::ConfigErrors {
-        path: path.to_path_buf(),
-        errors,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        fail(vec![graysplit::config::ConfigError {
-            key: String::new(),
-            value: None,
-            rule: format!("cannot read the plan: {e}"),
-        }])
-    })?;
-    let plan = graysplit::rollout::plan::parse(&text).map_err(fail)?;
-    Ok(format!(
-        "rollout plan OK ({}: {} step(s){})",
-        path.display(),
-        plan.steps.len(),
-        if plan.mirror.is_some() {
-            ", a mirror stage"
-        } else {
-            ""
-        }
-    ))
 }
 
 fn init_logging() {
@@ -234,7 +169,11 @@ fn main() -> ExitCode {
         return match app::check(&config) {
             Ok(summary) => {
                 println!("configuration OK ({}: {summary})", cli.conf.display());
-                match cli.plan.as_deref().map(check_plan) {
+                match cli
+                    .plan
+                    .as_deref()
+                    .map(graysplit::rollout::plan_file::check)
+                {
                     Some(Ok(line)) => println!("{line}"),
                     Some(Err(errors)) => {
                         eprintln!("{errors}");

@@ -25,6 +25,7 @@ pub mod lock;
 pub mod metrics;
 pub mod mirror;
 pub mod plan;
+pub mod plan_file;
 pub mod simulate;
 pub mod status;
 pub mod tick;
@@ -186,6 +187,24 @@ impl Rollout {
         }
     }
 
+    /// From the validated config; the instance name defaults to [`default_instance`].
+    pub fn for_config(
+        config: &crate::config::Config,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<Rollout>, String> {
+        let instance = config
+            .rollout
+            .instance
+            .clone()
+            .unwrap_or_else(|| default_instance(config.server.admin_listen.port()));
+        Rollout::new(
+            config.rollout.clone(),
+            instance,
+            registry,
+            Some(&config.consul),
+        )
+    }
+
     /// Registers the metrics in `registry`; `consul` is used in Consul mode only.
     pub fn new(
         settings: RolloutSettings,
@@ -300,6 +319,36 @@ pub fn log_events(events: &[Event]) {
             info!("rollout: {}", e.message);
         }
     }
+}
+
+/// Adds the rollout's background services to `server` (none without `[rollout]`): the driver
+/// (or follower) and the mirror sender.
+pub fn add_services(
+    rollout: &Arc<Rollout>,
+    gray: &Arc<crate::gray::GrayEngine>,
+    pools: &crate::upstream::Pools,
+    server: &mut pingora::server::Server,
+) {
+    use pingora::services::background::background_service;
+    if !rollout.enabled() {
+        return;
+    }
+    server.add_service(background_service(
+        "rollout",
+        RolloutService {
+            rollout: rollout.clone(),
+            gray: gray.clone(),
+        },
+    ));
+    let sender = mirror::Sender {
+        gate: rollout.gate.clone(),
+        jobs: Mutex::new(rollout.mirror_rx.lock().take()),
+        gray: pools.get("gray").cloned(),
+        counts: rollout.mirrored.clone(),
+        metrics: rollout.metrics.clone(),
+        timeout: rollout.settings.mirror_timeout,
+    };
+    server.add_service(background_service("mirror", MirrorService { sender }));
 }
 
 /// The background service running the rollout of this instance.

@@ -281,6 +281,41 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+/// `graysplit simulate`: asks a running instance's admin listener (`host:port` or a URL) for
+/// `/simulate` with these query parameters; the answer's JSON, or what went wrong.
+pub fn ask(admin: &str, params: &[(&str, String)]) -> Result<Value, String> {
+    let base = if admin.contains("://") {
+        admin.to_string()
+    } else {
+        format!("http://{admin}")
+    };
+    let mut url = reqwest::Url::parse(&format!("{base}/simulate"))
+        .map_err(|e| format!("--admin {base:?}: {e}"))?;
+    url.query_pairs_mut()
+        .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
+    let get = async {
+        let resp = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(120))
+            .build()?
+            .get(url.clone())
+            .send()
+            .await?;
+        let status = resp.status();
+        Ok::<_, reqwest::Error>((status, resp.text().await?))
+    };
+    let (status, text) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(get)
+        .map_err(|e| format!("{url}: {e}"))?;
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) if status.is_success() => Ok(v),
+        _ => Err(format!("{url}: {status}: {}", text.trim())),
+    }
+}
+
 /// The report as `graysplit simulate` prints it, from `/simulate`'s JSON.
 pub fn render_text(v: &Value) -> String {
     let mut out = format!(
