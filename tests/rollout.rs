@@ -318,7 +318,22 @@ async fn low_traffic_holds_without_failing_then_passes_and_a_hold_timeout_fails_
         "{verdicts:?}"
     );
 
-    // A new plan with a short hold timeout on the same trickle: it fails, for lack of data.
+    // A new plan with a short hold timeout on a trickle: it fails, for lack of data. Windows
+    // are as exact as the counters' publishing (every 200 ms here): let the last busy requests
+    // reach the published record first, so the new plan's first window does not count them.
+    trickle.finish().await;
+    common::eventually(
+        Duration::from_secs(10),
+        "the published counters",
+        || async {
+            let local = ro::rollout(&g).await["local"]["real"].clone();
+            let published = consul.get("graysplit/rollout-windows/solo")?;
+            let published: serde_json::Value = serde_json::from_str(&published).ok()?;
+            (published["real"] == local).then_some(())
+        },
+    )
+    .await;
+    let trickle = Load::start(&g, browsers(1), Duration::from_millis(500));
     consul.put(
         PLAN_KEY,
         r#"{"steps": [25, 100], "step_duration": "2s", "window": "1s", "hold_timeout": "3s",
