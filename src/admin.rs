@@ -49,6 +49,8 @@ pub struct AdminApp {
     pub settings: AdminSettings,
     /// When the process started (uptime on the dashboard).
     pub started: Instant,
+    /// For `/rollout`, its commands and `/simulate`.
+    pub rollout: Arc<crate::rollout::Rollout>,
 }
 
 impl AdminApp {
@@ -308,6 +310,16 @@ impl ServeHttp for AdminApp {
             );
             return denied;
         }
+        let (method, path, query) = (&req.method, req.uri.path(), req.uri.query());
+        if let Some((code, v)) =
+            crate::rollout::status::serve(&self.rollout, &self.gray, method, path, query).await
+        {
+            let mut resp = json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), &v);
+            if req.method == http::Method::HEAD {
+                resp.body_mut().clear();
+            }
+            return resp;
+        }
         if req.uri.path() == "/decide" {
             return match crate::gray::explain::decide(&self.gray, req.uri.query()).await {
                 Ok(v) => json_response(StatusCode::OK, &v),
@@ -342,6 +354,7 @@ mod tests {
             metrics: Arc::new(Metrics::new().unwrap()),
             settings: AdminSettings::default(),
             started: Instant::now(),
+            rollout: crate::rollout::Rollout::off(),
         }
     }
 

@@ -170,6 +170,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         metrics.trust.clone(),
     ));
     info!("{}", limits.describe());
+    let rollout = crate::rollout::Rollout::for_config(config, metrics.registry())?;
     let settings = ProxySettings {
         upstream: config.upstream.clone(),
         keepalive_timeout: config.server.keepalive_timeout,
@@ -189,6 +190,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
             .clone()
             .map(|h| Arc::new(crate::proxy::request_id::RequestIds::new(h))),
         https: HttpsSettings::new(config, edge.table.clone()),
+        rollout: rollout.clone(),
     };
     server.add_service(background_service(
         "gray upkeep",
@@ -209,6 +211,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
             }),
         ));
     }
+    crate::rollout::add_services(&rollout, &gray, &pools, &mut server);
     let proxy = GraySplit::new(pools.clone(), gray.clone(), settings)
         .ok_or("the base pool is not configured")?;
     // `http_proxy_service_with_name`, with the proxy wrapped so that shutdown does not drop a
@@ -249,6 +252,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
             metrics: metrics.clone(),
             settings: config.admin.clone(),
             started: std::time::Instant::now(),
+            rollout: rollout.clone(),
         },
     );
     admin.threads = Some(1);
@@ -370,9 +374,10 @@ pub fn check(config: &Config) -> Result<String, crate::config::ConfigErrors> {
             });
         }
     }
+    let plan = crate::rollout::plan_file::check_config(&config.rollout.source, &mut errors);
     if errors.is_empty() {
         Ok(format!(
-            "{} pool(s), {servers} server(s), {} certificate(s)",
+            "{} pool(s), {servers} server(s), {} certificate(s){plan}",
             config.pools.len(),
             config.tls.certificates.len()
         ))

@@ -103,10 +103,15 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
              pid_file = \"{dir}/graysplit.pid\"\nupgrade_sock = \"{dir}/upgrade.sock\"\n\
              grace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n\n\
              [pools.base]\nfile = \"base.conf\"\n\n[pools.gray]\nfile = \"gray.conf\"\n\n\
-             [gray]\nwhitelist_file = \"whitelist.txt\"\nswitches_file = \"switches.conf\"\n",
+             [gray]\nwhitelist_file = \"whitelist.txt\"\nswitches_file = \"switches.conf\"\n\n\
+             [rollout]\nplan_file = \"rollout.json\"\n",
             opts.listen, opts.admin
         ),
     )?;
+    // A rollout starts when its plan file is written; none from an earlier demo run.
+    for stale in ["rollout.json", "rollout.json.state"] {
+        let _ = std::fs::remove_file(opts.dir.join(stale));
+    }
     write(
         &opts.dir.join("whitelist.txt"),
         "# One IP, CIDR or user:<id> per line; these clients get the gray build.\n# 127.0.0.1\n",
@@ -151,6 +156,8 @@ fn print_banner(opts: &DemoOptions, pools: &[(&str, String)]) {
          \x20 echo 127.0.0.1 >> {dir}/whitelist.txt                            # you are whitelisted: the page turns orange (gray)\n\
          \x20 curl -s 'http://{a}/decide?ip=127.0.0.1'                          # why: the decision and its reason\n\
          \x20 echo 'all = true' > {dir}/switches.conf                           # everyone gets gray\n\
+         \x20 echo '{{\"steps\": [10, 50, 100], \"window\": \"10s\", \"step_duration\": \"30s\", \"analysis\": {{\"min_requests\": 5}}}}' > {dir}/rollout.json\n\
+         \x20 curl -s http://{a}/rollout                                        # the plan drives the percent; where it is\n\
          \x20 graysplit -t -c {dir}/graysplit.toml                               # validate a config\n\
          Stop with Ctrl-C.",
         l = opts.listen,

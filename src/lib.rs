@@ -2,7 +2,8 @@
 //!
 //! Module map: [`config`] loads and validates `graysplit.toml`; [`upstream`] holds pools, their
 //! sources (pools file, Consul), selection and health; [`proxy`] is the request path; [`pin`]
-//! keeps a page and its assets on one build; [`admin`] is the loopback admin listener; [`app`]
+//! keeps a page and its assets on one build; [`rollout`] drives a rollout plan (fleet-wide
+//! analysis, rollback, mirroring, the simulator); [`admin`] is the loopback admin listener; [`app`]
 //! assembles them into a Pingora server; [`demo`] is the embedded default; [`static_site`] serves
 //! frontend builds for the demo and tests. [`limits`] bounds what slow and greedy clients cost
 //! (connections, head deadline, body size).
@@ -24,6 +25,7 @@ pub mod pin;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod rate_limited_log;
+pub mod rollout;
 pub mod routes;
 pub mod secret;
 pub mod static_site;

@@ -38,6 +38,9 @@ struct Cli {
     /// them when it gets SIGQUIT.
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    /// With -t: also check this rollout plan (JSON), e.g. before PUTting it into Consul.
+    #[arg(long = "plan", requires = "test")]
+    plan: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -54,6 +57,85 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Run N synthetic page loads through a running instance's live decision (switches, rules,
+    /// whitelists) and print each pool's share against the expected one. Exit 0 when every
+    /// share is within the tolerance, 1 when not, 2 when the instance cannot be asked.
+    Simulate {
+        /// The admin listener to ask (default: server.admin_listen of the config, -c).
+        #[arg(long)]
+        admin: Option<String>,
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+        /// Allowed difference from the expected share, in percentage points.
+        #[arg(long, default_value_t = 5.0)]
+        tolerance: f64,
+        /// A header every sample sends, `name:value` (repeatable), e.g. `--header xyz:3`.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Give every sample a random user id (the percent then hashes users, not addresses).
+        #[arg(long)]
+        users: bool,
+        /// Draw client addresses from this network (default 198.18.0.0/15).
+        #[arg(long)]
+        cidr: Option<String>,
+        /// Print the JSON answer instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `graysplit simulate`: asks `/simulate` and prints the answer.
+fn simulate(cli: &Cli) -> ExitCode {
+    let Some(Command::Simulate {
+        admin,
+        samples,
+        tolerance,
+        headers,
+        users,
+        cidr,
+        json,
+    }) = &cli.command
+    else {
+        return ExitCode::from(2);
+    };
+    let admin = match admin {
+        Some(a) => a.clone(),
+        None => match Config::load(&cli.conf) {
+            Ok(c) => c.server.admin_listen.to_string(),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let mut params = vec![
+        ("samples", samples.to_string()),
+        ("tolerance", tolerance.to_string()),
+    ];
+    params.extend(headers.iter().map(|h| ("header", h.clone())));
+    if *users {
+        params.push(("users", "1".into()));
+    }
+    if let Some(c) = cidr {
+        params.push(("cidr", c.clone()));
+    }
+    let value = match graysplit::rollout::simulate::ask(&admin, &params) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("graysplit simulate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if *json {
+        println!("{value:#}");
+    } else {
+        print!("{}", graysplit::rollout::simulate::render_text(&value));
+    }
+    if value["pass"].as_bool() == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn init_logging() {
@@ -73,6 +155,9 @@ fn main() -> ExitCode {
         }
         return ExitCode::from(1);
     }
+    if matches!(cli.command, Some(Command::Simulate { .. })) {
+        return simulate(&cli);
+    }
     let config = match Config::load(&cli.conf) {
         Ok(c) => c,
         Err(errors) => {
@@ -88,6 +173,18 @@ fn main() -> ExitCode {
         return match app::check(&config) {
             Ok(summary) => {
                 println!("configuration OK ({}: {summary})", cli.conf.display());
+                match cli
+                    .plan
+                    .as_deref()
+                    .map(graysplit::rollout::plan_file::check)
+                {
+                    Some(Ok(line)) => println!("{line}"),
+                    Some(Err(errors)) => {
+                        eprintln!("{errors}");
+                        return ExitCode::from(2);
+                    }
+                    None => {}
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -242,7 +242,8 @@ impl Metrics {
         self.conditional.with_label_values(&[outcome]).inc();
     }
 
-    /// The registry behind `/metrics`, for modules that keep their own metrics (`crate::tls`).
+    /// The registry behind `/metrics`, for modules that own their metric families
+    /// (`crate::tls`, `crate::rollout::metrics`).
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub tls: super::tls::TlsSection,
     /// Slow and greedy clients (`[limits]`).
     pub limits: super::limits::LimitsSection,
+    /// Progressive delivery (`[rollout]`, `[rollout.mirror]`).
+    pub rollout: super::rollout::RolloutSection,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod limits;
 pub mod listen;
 pub mod pin;
+pub mod rollout;
 pub mod size;
 pub mod tls;
 pub mod visitor;
@@ -94,6 +95,8 @@ pub struct Config {
     pub tls: crate::tls::TlsSettings,
     /// `[limits]`: slow and greedy clients.
     pub limits: crate::limits::LimitSettings,
+    /// `[rollout]`: the rollout plan's source, driver and mirror settings.
+    pub rollout: crate::rollout::RolloutSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -344,6 +347,18 @@ impl Validator<'_> {
         let admin = self.admin(&raw.admin, &raw.server.admin_listen);
         let cache = self.cache(&raw.cache);
         let limits = self.limits(&raw.limits);
+        let rollout = self.rollout(
+            &raw.rollout,
+            &rollout::Context {
+                base_dir,
+                consul_listed,
+                switches_prefix: gray.consul_prefix.as_deref(),
+                pool_prefixes: pools
+                    .values()
+                    .filter_map(|p| Some((p.name.clone(), p.consul_prefix.clone()?)))
+                    .collect(),
+            },
+        );
         Config {
             path: path.to_path_buf(),
             server,
@@ -357,6 +372,7 @@ impl Validator<'_> {
             cache,
             tls,
             limits,
+            rollout,
         }
     }
 

@@ -81,6 +81,8 @@ pub struct ProxySettings {
     pub request_ids: Option<Arc<request_id::RequestIds>>,
     /// Listeners, HSTS, the https redirect (https.rs).
     pub https: https::HttpsSettings,
+    /// Window counters and the mirror gate of the rollout (a no-op without `[rollout]`).
+    pub rollout: Arc<crate::rollout::Rollout>,
 }
 
 pub struct GraySplit {
@@ -469,6 +471,18 @@ impl ProxyHttp for GraySplit {
         self.settings
             .metrics
             .request(pool, build, ctx.reason, status, upstream_time);
+        self.settings.rollout.served(&crate::rollout::Served {
+            pool,
+            build,
+            outcome: crate::rollout::windows::Outcome {
+                status,
+                upstream_error: e.is_some_and(|e| e.esource() == &ErrorSource::Upstream),
+                elapsed: upstream_time,
+            },
+            page: ctx.page,
+            routed: ctx.routed,
+            request: session.req_header(),
+        });
         if !self.settings.access_log {
             return;
         }

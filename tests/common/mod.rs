@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod builds;
+pub mod canary;
 pub mod certs;
 pub mod chrome;
 pub mod consul;
@@ -14,6 +15,7 @@ pub mod nginx;
 pub mod proc;
 pub mod pyserver;
 pub mod redis;
+pub mod rollout;
 pub mod server_thread;
 pub mod upstream;
 
