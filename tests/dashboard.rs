@@ -2,8 +2,10 @@
 //! listener, after known traffic, shows what `/status?format=json` says — every server's build,
 //! weight, health, passive state and in-flight count, the switches and where they came from,
 //! requests and 5xx by pool / build and by reason, pins set and rejected — draws its charts from
-//! the counters as they grow, says "no rollout" while `/rollout` is a 404, and logs no console
+//! the counters as they grow, says "no rollout" while no rollout is configured, and logs no console
 //! error (its Content Security Policy included). Screenshot: `<target>/browser-test/dashboard.png`.
+//! A second test runs a file-mode rollout plan and checks the rollout section against `/rollout`
+//! (`dashboard-rollout.png`).
 
 mod common;
 
@@ -305,7 +307,10 @@ async fn the_dashboard_shows_what_status_json_says_in_chromium() {
         shown["pins_set"]["new"],
         status["pins"]["set"]["new"].to_string()
     );
-    assert_eq!(shown["rollout"], "no rollout", "/rollout is a 404 for now");
+    assert_eq!(
+        shown["rollout"], "no rollout",
+        "no [rollout] source configured"
+    );
     let mut reason_series: Vec<String> = shown["reason_series"]
         .as_array()
         .unwrap()
@@ -345,15 +350,152 @@ async fn the_dashboard_shows_what_status_json_says_in_chromium() {
         .expect("save dashboard.png");
     let problem = browser.execute(READ_PAGE, vec![]).await.unwrap()["problem"].clone();
     assert_eq!(problem, "", "no fetch failed");
-    // The one expected entry: Chromium logs the 404 of /rollout, which means "no rollout".
-    let errors: Vec<String> = console_errors(&browser)
-        .await
-        .into_iter()
-        .filter(|e| !(e.contains("/rollout - ") && e.contains("status of 404")))
-        .collect();
-    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(console_errors(&browser).await, Vec::<String>::new());
     browser.close().await.expect("close the session");
     for h in held {
         h.abort();
     }
+}
+
+/// The rollout section's fields and the windows it lists, read from the DOM.
+const READ_ROLLOUT: &str = r#"
+    const fields = Object.fromEntries([...document.querySelectorAll('[data-rollout-field]')]
+        .map((dd) => [dd.getAttribute('data-rollout-field'), dd.textContent.trim()]));
+    const windows = [...document.querySelectorAll('table[data-rollout="windows"] tbody tr')]
+        .map((tr) => ({ number: Number(tr.dataset.window), verdict: tr.children[2].textContent.trim(),
+                        base: Number(tr.children[3].textContent), gray: Number(tr.children[5].textContent) }));
+    return { fields, windows, events: document.querySelectorAll('[data-rollout="events"] li').length };
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_section_shows_what_rollout_json_says_in_chromium() {
+    let (base, gray) = (Upstream::start("base"), Upstream::start("gray"));
+    let dir = tempfile::tempdir().expect("plan dir");
+    let plan = dir.path().join("rollout.json");
+    let toml = format!(
+        "[health]\ninterval = \"60s\"\n[pin]\nsecrets = [\"dashboard-test-secret-0123456789\"]\n\
+         [pools.base]\nfile = \"base.conf\"\n[pools.gray]\nfile = \"gray.conf\"\n\
+         [rollout]\nplan_file = \"{}\"\ntick = \"100ms\"\ninstance = \"dash\"\n",
+        plan.display()
+    );
+    let files = [
+        ("base.conf", format!("{} # build=base-1\n", base.line(""))),
+        ("gray.conf", format!("{} # build=gray-1\n", gray.line(""))),
+    ];
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let g = Graysplit::start(&toml, &refs);
+    std::fs::write(
+        &plan,
+        r#"{"steps": [50, 100], "step_duration": "1h", "window": "1s", "hold_timeout": "1h",
+            "analysis": {"min_requests": 5, "p99_floor": "2s"}}"#,
+    )
+    .expect("write the plan");
+    // Traffic for two judged windows at step 1 (half the clients on gray), then a pause: the
+    // state stops moving, so the page and the JSON can be compared.
+    let c = client();
+    let rollout = eventually(Duration::from_secs(30), "two judged windows", || async {
+        for i in 0..20 {
+            let _ = c
+                .get(g.url("/"))
+                .header("accept", "text/html")
+                .header("x-forwarded-for", format!("10.7.0.{i}"))
+                .send()
+                .await
+                .ok()?
+                .bytes()
+                .await;
+        }
+        let v = get_json(g.admin_url("/rollout")).await;
+        (v["windows"].as_array()?.len() >= 2).then_some(v)
+    })
+    .await;
+    assert_eq!(rollout["state"]["status"], "running", "{rollout}");
+    let paused = c
+        .post(g.admin_url("/rollout/pause"))
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(paused.status(), 200);
+    let frozen = eventually(Duration::from_secs(10), "the pause", || async {
+        let v = get_json(g.admin_url("/rollout")).await;
+        (v["state"]["status"] == "paused").then_some(v)
+    })
+    .await;
+
+    let driver = ChromeDriver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = driver.session(profile.path(), (1280, 1400)).await;
+    browser
+        .goto(&g.admin_url("/?refresh=300ms"))
+        .await
+        .expect("open the dashboard");
+    let shown = eventually(Duration::from_secs(15), "the rollout section", || async {
+        let v = browser.execute(READ_ROLLOUT, vec![]).await.ok()?;
+        (v["fields"]["status"] == "paused").then_some(v)
+    })
+    .await;
+    let state = &frozen["state"];
+    let f = &shown["fields"];
+    assert_eq!(f["mode"], "file");
+    assert_eq!(f["driver"], "dash (this instance)");
+    assert_eq!(
+        f["stage"],
+        format!("step {} / {}", state["step"], state["steps"]).as_str()
+    );
+    let shown_percent = f["gray percent"]
+        .as_str()
+        .and_then(|p| p.strip_suffix(" %"))
+        .and_then(|p| p.parse::<f64>().ok());
+    assert_eq!(shown_percent, state["percent"].as_f64(), "{f}");
+    assert_eq!(
+        f["passing windows"],
+        format!("{} of {} needed", state["passes"], state["passes_needed"]).as_str()
+    );
+    assert_eq!(
+        f["failed windows"],
+        format!(
+            "{} of {} allowed",
+            state["failures"], state["failure_limit"]
+        )
+        .as_str()
+    );
+    // The last windows, newest first, with the JSON's verdicts and request counts.
+    let want: Vec<(u64, String, u64, u64)> = frozen["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .take(10)
+        .map(|w| {
+            (
+                w["number"].as_u64().unwrap(),
+                w["verdict"].as_str().unwrap().to_string(),
+                w["base"]["requests"].as_u64().unwrap(),
+                w["gray"]["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let got: Vec<(u64, String, u64, u64)> = shown["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["number"].as_u64().unwrap(),
+                w["verdict"].as_str().unwrap().to_string(),
+                w["base"].as_u64().unwrap(),
+                w["gray"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        shown["events"].as_u64() >= Some(2),
+        "start and pause: {shown}"
+    );
+    let shot = screenshot_dir().join("dashboard-rollout.png");
+    std::fs::write(&shot, browser.screenshot().await.expect("screenshot"))
+        .expect("save dashboard-rollout.png");
+    assert_eq!(console_errors(&browser).await, Vec::<String>::new());
+    browser.close().await.expect("close the session");
 }

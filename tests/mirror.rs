@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::canary::CanaryUpstream;
 use common::load::{Load, LoadClient};
@@ -44,7 +44,6 @@ async fn copies_leave_after_the_answer_without_cookies_or_bodies() {
         v["mirror"]["percent"] == 100.0
     })
     .await;
-    let mut answered = Vec::new();
     for n in 0..12 {
         let path = format!("/?n={n}");
         let r = common::client()
@@ -58,7 +57,6 @@ async fn copies_leave_after_the_answer_without_cookies_or_bodies() {
             .unwrap();
         assert_eq!(r.headers()["x-graysplit-pool"], "base");
         r.text().await.unwrap();
-        answered.push((path, Instant::now()));
     }
     // An asset and a POST are never copied.
     common::client()
@@ -86,13 +84,21 @@ async fn copies_leave_after_the_answer_without_cookies_or_bodies() {
             s.mirrored && s.method == "GET" && !s.had_cookie && !s.had_body,
             "{s:?}"
         );
-        let (_, done) = answered
+        // Causal, not a race with the test's own clock: base records the moment it begins its
+        // answer, before writing it; a copy sent only after graysplit relayed that answer
+        // reaches gray later.
+        let began = base
+            .shared
+            .answering
+            .lock()
+            .unwrap()
             .iter()
             .find(|(p, _)| *p == s.path)
-            .unwrap_or_else(|| panic!("a copy of a page never asked for: {s:?}"));
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| panic!("a copy of a page base never answered: {s:?}"));
         assert!(
-            s.at >= *done,
-            "the copy of {} reached gray before its answer",
+            s.at >= began,
+            "the copy of {} reached gray before base answered it",
             s.path
         );
     }

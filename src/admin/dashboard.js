@@ -261,31 +261,82 @@
       el('dt', null, 'last error'), el('dd', { class: 'muted' }, w.last_error || '–'))));
   }
 
-  // The rollout section: GET /rollout (issue 17's driver). 404: no rollout — then asked again
-  // only every 30 s (browsers log every 404 in the console).
-  let rolloutAbsentAt = 0;
+  // The rollout section: GET /rollout (src/rollout/status.rs, shape in docs/rollout.md). Mode
+  // "off" (no [rollout] source) shows "no rollout"; otherwise the plan, where it stands, the
+  // open window and the last judged windows with their verdicts.
+  function pct(x) { return (x === null || x === undefined) ? '–' : (100 * x).toFixed(2) + ' %'; }
+  function ms(x) { return (x === null || x === undefined) ? '–' : Number(x).toFixed(1) + ' ms'; }
+
+  function rolloutSummary(v) {
+    const st = v.state;
+    const plan = v.plan;
+    const items = [
+      ['mode', v.mode],
+      ['driver', v.driver && v.driver.holder ? v.driver.holder + (v.driver.this_instance ? ' (this instance)' : '') : '–'],
+      ['plan', plan ? (plan.name || 'unnamed') + ' — steps ' + plan.steps.join(' → ') + ' %' : '–'],
+    ];
+    if (st) {
+      items.push(
+        ['status', st.status + (st.reason ? ' (' + st.reason + ')' : '')],
+        ['stage', st.stage === 'mirror' ? 'mirror (' + st.mirror_percent + ' % copied)' : 'step ' + st.step + ' / ' + st.steps],
+        ['gray percent', st.percent + ' %'],
+        ['passing windows', st.passes + ' of ' + st.passes_needed + ' needed'],
+        ['failed windows', st.failures + ' of ' + st.failure_limit + ' allowed'],
+      );
+    }
+    if (v.open_window) {
+      const w = v.open_window;
+      items.push(['open window', '#' + w.number + ': base ' + w.base.requests + ' req (' + w.base.failed +
+        ' failed), gray ' + w.gray.requests + ' req (' + w.gray.failed + ' failed), ' + w.instances + ' instance(s)']);
+    }
+    if ((v.plan_errors || []).length) {
+      items.push(['plan errors', v.plan_errors.map((e) => e.text).join('; ')]);
+    }
+    if (v.last_error) items.push(['last error', v.last_error]);
+    return el('dl', { class: 'kv', 'data-rollout': 'summary' },
+      ...items.flatMap(([k, x]) => [el('dt', null, k), el('dd', { 'data-rollout-field': k }, x)]));
+  }
+
+  function rolloutWindows(windows) {
+    const rows = windows.slice(-10).reverse().map((w) => el('tr', { 'data-window': w.number },
+      el('td', null, '#' + w.number),
+      el('td', null, w.stage === 'mirror' ? 'mirror' : 'step ' + w.step + ' (' + w.percent + ' %)'),
+      el('td', { class: 'verdict-' + w.verdict }, w.verdict),
+      el('td', { class: 'num' }, w.base.requests),
+      el('td', { class: 'num' }, pct(w.base.error_rate)),
+      el('td', { class: 'num' }, w.gray.requests),
+      el('td', { class: 'num' }, pct(w.gray.error_rate)),
+      el('td', { class: 'num' }, ms(w.base.p99_ms) + ' / ' + ms(w.gray.p99_ms)),
+      el('td', { class: 'muted' }, w.reason)));
+    return el('table', { 'data-rollout': 'windows' },
+      el('thead', null, el('tr', null, el('th', null, 'window'), el('th', null, 'stage'),
+        el('th', null, 'verdict'), el('th', { class: 'num' }, 'base req'),
+        el('th', { class: 'num' }, 'base err'), el('th', { class: 'num' }, 'gray req'),
+        el('th', { class: 'num' }, 'gray err'), el('th', { class: 'num' }, 'p99 base / gray'),
+        el('th', null, 'why'))),
+      el('tbody', null, ...rows));
+  }
+
   async function renderRollout() {
     const body = document.getElementById('rollout-body');
-    if (rolloutAbsentAt && Date.now() - rolloutAbsentAt < 30000) return;
     try {
       const r = await fetch('/rollout', { cache: 'no-store' });
-      if (r.status === 404) {
-        rolloutAbsentAt = Date.now();
+      if (!r.ok) throw new Error('/rollout answered ' + r.status);
+      const v = await r.json();
+      if (!v || v.mode === 'off') {
         body.className = 'muted';
         body.replaceChildren('no rollout');
         return;
       }
-      rolloutAbsentAt = 0;
-      if (!r.ok) throw new Error('/rollout answered ' + r.status);
-      const v = await r.json();
       body.className = '';
-      if (v && typeof v === 'object' && !Array.isArray(v)) {
-        body.replaceChildren(el('dl', { class: 'kv' }, ...Object.entries(v).flatMap(([k, x]) => [
-          el('dt', null, k),
-          el('dd', null, typeof x === 'object' ? JSON.stringify(x) : String(x))])));
-      } else {
-        body.replaceChildren(el('pre', null, JSON.stringify(v, null, 2)));
+      const parts = [rolloutSummary(v)];
+      if ((v.windows || []).length) parts.push(el('h3', null, 'Last windows'), rolloutWindows(v.windows));
+      const events = (v.events || []).slice(-5).reverse();
+      if (events.length) {
+        parts.push(el('h3', null, 'Events'), el('ul', { 'data-rollout': 'events' },
+          ...events.map((e) => el('li', null, new Date(e.at_unix_ms).toLocaleTimeString() + ' ' + e.kind + ': ' + e.message))));
       }
+      body.replaceChildren(...parts);
     } catch (e) {
       body.className = 'muted';
       body.replaceChildren('rollout state unavailable: ' + e.message);

@@ -44,6 +44,9 @@ pub struct Shared {
     pub mirrored: AtomicU64,
     pub failed: AtomicU64,
     pub seen: Mutex<Vec<Seen>>,
+    /// (path and query, when this server began its answer): recorded before the answer is
+    /// written, so anything caused by the answer happens after it.
+    pub answering: Mutex<Vec<(String, std::time::Instant)>>,
 }
 
 pub struct CanaryUpstream {
@@ -148,6 +151,7 @@ async fn answer(
         .get("content-length")
         .is_some_and(|v| v.as_bytes() != b"0")
         || req.headers().contains_key("transfer-encoding");
+    let answer_target = target.clone();
     state.seen.lock().expect("seen lock").push(Seen {
         method: req.method().to_string(),
         path: target,
@@ -164,6 +168,11 @@ async fn answer(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    state
+        .answering
+        .lock()
+        .expect("answering lock")
+        .push((answer_target, std::time::Instant::now()));
     let every = state.fail_every.load(Ordering::Relaxed);
     if every > 0 && n.is_multiple_of(every) {
         state.failed.fetch_add(1, Ordering::Relaxed);
