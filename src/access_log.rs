@@ -20,7 +20,7 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -332,11 +332,13 @@ fn iso_time(t: SystemTime, out: &mut Vec<u8>) {
     out.push(b'Z');
 }
 
-/// The running access log: a handle for the request path and a background writer thread.
+/// The access log as the request path sees it: format a line, queue it, never wait.
 pub struct AccessLog {
     pub settings: AccessLogSettings,
     tx: SyncSender<Vec<u8>>,
     dropped: AtomicU64,
+    /// `graysplit_access_log_dropped_total`, when registered.
+    dropped_metric: Option<prometheus::IntCounter>,
     reopen: Arc<AtomicBool>,
 }
 
@@ -349,32 +351,66 @@ impl std::fmt::Debug for AccessLog {
     }
 }
 
+/// The other end of the queue: opens the destination and writes, on a thread of its own.
+pub struct Writer {
+    settings: AccessLogSettings,
+    rx: Receiver<Vec<u8>>,
+    reopen: Arc<AtomicBool>,
+}
+
 impl AccessLog {
-    /// Opens the destination and starts the writer thread.
-    pub fn start(settings: AccessLogSettings) -> io::Result<Arc<AccessLog>> {
-        let sink = Sink::open(&settings)?;
+    /// The handle and its writer, not started: [`Writer::spawn`] starts it (after `-d` forks, in
+    /// [`AccessLogService`]: a thread started before the fork would not exist in the daemon).
+    /// With `registry`, drops are also counted in `graysplit_access_log_dropped_total`.
+    pub fn new(
+        settings: AccessLogSettings,
+        registry: Option<&prometheus::Registry>,
+    ) -> Result<(Arc<AccessLog>, Writer), prometheus::Error> {
         let (tx, rx) = mpsc::sync_channel(settings.queue.max(1));
         let reopen = Arc::new(AtomicBool::new(false));
-        let flag = reopen.clone();
-        std::thread::Builder::new()
-            .name("access log".into())
-            .spawn(move || writer(rx, sink, flag))?;
-        Ok(Arc::new(AccessLog {
-            settings,
-            tx,
-            dropped: AtomicU64::new(0),
-            reopen,
-        }))
+        let dropped_metric = match registry {
+            Some(r) => {
+                let c = prometheus::IntCounter::new(
+                    "graysplit_access_log_dropped_total",
+                    "Access-log lines dropped because the writer could not keep up",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                Some(c)
+            }
+            None => None,
+        };
+        let writer = Writer {
+            settings: settings.clone(),
+            rx,
+            reopen: reopen.clone(),
+        };
+        Ok((
+            Arc::new(AccessLog {
+                settings,
+                tx,
+                dropped: AtomicU64::new(0),
+                dropped_metric,
+                reopen,
+            }),
+            writer,
+        ))
+    }
+
+    /// [`AccessLog::new`] with the writer already running (tests, tools).
+    pub fn start(settings: AccessLogSettings) -> io::Result<Arc<AccessLog>> {
+        let (log, writer) = AccessLog::new(settings, None).map_err(io::Error::other)?;
+        writer.spawn()?;
+        Ok(log)
     }
 
     /// Formats `e` and queues it; never blocks (a full queue drops the line and counts it).
     pub fn log(&self, e: &Entry<'_>) {
         let mut line = Vec::with_capacity(256);
         format(e, self.settings.format, &mut line);
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &self.dropped_metric {
+                m.inc();
             }
         }
     }
@@ -387,6 +423,62 @@ impl AccessLog {
     /// Asks the writer to reopen the file (after logrotate moved it): `SIGUSR1`.
     pub fn reopen(&self) {
         self.reopen.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Writer {
+    /// Opens the destination and writes queued lines on a thread of its own until every
+    /// [`AccessLog`] handle is gone.
+    pub fn spawn(self) -> io::Result<std::thread::JoinHandle<()>> {
+        let sink = Sink::open(&self.settings)?;
+        std::thread::Builder::new()
+            .name("access log".into())
+            .spawn(move || writer(self.rx, sink, self.reopen))
+    }
+}
+
+/// Checks that the destination can be opened for appending (at start, before `-d` forks, so a
+/// bad path is an error on the terminal rather than a line in a log nobody reads).
+pub fn check(settings: &AccessLogSettings) -> io::Result<()> {
+    match &settings.path {
+        Some(path) if settings.enabled => open_append(path).map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// Starts the writer once Pingora runs the services (after `-d`), and reopens the file on
+/// `SIGUSR1` (logrotate's `postrotate`, nginx's `-s reopen`).
+pub struct AccessLogService {
+    pub log: Arc<AccessLog>,
+    pub writer: parking_lot::Mutex<Option<Writer>>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for AccessLogService {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        if let Some(w) = self.writer.lock().take() {
+            if let Err(e) = w.spawn() {
+                log::error!("access log: cannot open it, no access lines will be written: {e}");
+                return;
+            }
+        }
+        let mut usr1 =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("access log: no SIGUSR1 handler, reopen by restart only: {e}");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {
+                    log::info!("SIGUSR1: reopening the access log");
+                    self.log.reopen();
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 
@@ -621,16 +713,28 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_blocking() {
-        let (tx, _rx) = mpsc::sync_channel(1);
-        let log = AccessLog {
-            settings: AccessLogSettings::default(),
-            tx,
-            dropped: AtomicU64::new(0),
-            reopen: Arc::new(AtomicBool::new(false)),
+        let registry = prometheus::Registry::new();
+        let settings = AccessLogSettings {
+            queue: 1,
+            ..AccessLogSettings::default()
         };
+        // The writer is never started: the queue holds one line.
+        let (log, _writer) = AccessLog::new(settings, Some(&registry)).unwrap();
         for _ in 0..5 {
             log.log(&entry());
         }
         assert_eq!(log.dropped(), 4, "one line fits, four are dropped");
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("graysplit_access_log_dropped_total 4"),
+            "{text}"
+        );
     }
 }

@@ -7,17 +7,19 @@ use log::{info, warn};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::proxy::HttpProxy;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::config::Config;
+use crate::config::{Config, Runtime};
 use crate::gray::consul_switches::ConsulSwitches;
 use crate::gray::{GrayEngine, GrayUpkeep};
 use crate::lifecycle::{linger_for, DrainWatch, Draining, Lingering};
 use crate::limits::gate::Gate;
 use crate::limits::Limits;
-use crate::listeners::Edge;
+use crate::listeners::{Edge, Entrypoint};
 use crate::metrics::Metrics;
+use crate::per_core::{PerCore, SharedSockets};
 use crate::pin::Pinner;
 use crate::proxy::https::HttpsSettings;
 use crate::proxy::{GraySplit, ProxySettings};
@@ -50,7 +52,14 @@ fn server_conf(config: &Config) -> ServerConf {
         upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
-        upstream_keepalive_pool_size: config.upstream.keepalive_pool_size,
+        // Pingora's connector keeps this many idle connections per thread of the service.
+        upstream_keepalive_pool_size: config
+            .upstream
+            .keepalive_pool_size
+            .div_ceil(s.threads.max(1)),
+        // Per thread, each service runs on one single-threaded runtime (Pingora's no-steal
+        // runtime with one thread): a connection's tasks never move to another thread.
+        work_stealing: s.runtime == Runtime::Shared,
         // Our own `tries` limits retries; this is only Pingora's global fail-safe, with room for
         // the one asset-miss retry (a pinned asset's 404 tried on another build, pinning.rs) and
         // a sticky asset's attempts while it waits for its pinned build (pinning.rs).
@@ -171,10 +180,11 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     ));
     info!("{}", limits.describe());
     let rollout = crate::rollout::Rollout::for_config(config, metrics.registry())?;
+    let access_log = access_log_service(config, &metrics, &mut server)?;
     let settings = ProxySettings {
         upstream: config.upstream.clone(),
         keepalive_timeout: config.server.keepalive_timeout,
-        access_log: config.server.access_log,
+        access_log: access_log.clone(),
         debug_headers: config.server.debug_headers.clone(),
         limits: limits.clone(),
         metrics: metrics.clone(),
@@ -214,25 +224,6 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     crate::rollout::add_services(&rollout, &gray, &pools, &mut server);
     let proxy = GraySplit::new(pools.clone(), gray.clone(), settings)
         .ok_or("the base pool is not configured")?;
-    // `http_proxy_service_with_name`, with the proxy wrapped so that shutdown does not drop a
-    // just-accepted connection before its first request arrives (lifecycle.rs).
-    let mut proxy = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());
-    proxy.handle_init_modules();
-    proxy.h2_options = Some(config.tls.h2.h2_options());
-    proxy.server_options = Some(config.tls.h2.server_options());
-    // A connection meets the PROXY protocol gate of plain listeners first (the client's real
-    // address), then the limits gate (limits/gate.rs, per client address), then the proxy.
-    let mut proxy_service = Service::new(
-        "graysplit".to_string(),
-        edge.entrypoint(Gate::new(
-            Lingering {
-                app: Arc::new(proxy),
-                linger: linger_for(config.server.grace_period),
-            },
-            limits,
-        )),
-    );
-    edge.add_endpoints(proxy_service.endpoints())?;
     let checker = server.add_service(background_service(
         "health checks",
         HealthChecker::new(checked_pools(&pools), metrics.clone()),
@@ -241,7 +232,34 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         checker.add_dependency(loader);
     }
     // The proxy starts once every server had its first check (warm start, see checker.rs).
-    server.add_service(proxy_service).add_dependency(&checker);
+    edge.log_listeners();
+    match config.server.runtime {
+        Runtime::Shared => {
+            let conf = server.configuration.clone();
+            let mut service = Service::new(
+                "graysplit".to_string(),
+                proxy_app(config, conf, &edge, proxy, limits),
+            );
+            edge.add_endpoints(service.endpoints())?;
+            server.add_service(service).add_dependency(&checker);
+        }
+        Runtime::PerThread => {
+            // One single-threaded service per thread (per_core.rs), each with its own proxy
+            // app and so its own upstream connection pool, all on the same listening sockets.
+            let sockets = Arc::new(SharedSockets::default());
+            let conf = Arc::new(per_thread_conf(config));
+            for i in 0..config.server.threads {
+                let mut service = Service::new(
+                    format!("graysplit {i}"),
+                    proxy_app(config, conf.clone(), &edge, proxy.clone(), limits.clone()),
+                );
+                service.threads = Some(1);
+                edge.add_endpoints(service.endpoints())?;
+                let service = PerCore::new(service, edge.socket_specs(), sockets.clone());
+                server.add_service(service).add_dependency(&checker);
+            }
+        }
+    }
 
     let mut admin = Service::new(
         "graysplit admin".to_string(),
@@ -264,6 +282,76 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
         pools,
         consul,
     })
+}
+
+/// The proxy app of one service: a connection meets the PROXY protocol gate of plain listeners
+/// first (the client's real address), then the limits gate (limits/gate.rs, per client
+/// address), then the proxy, wrapped so that shutdown does not drop a just-accepted connection
+/// before its first request arrives (lifecycle.rs).
+fn proxy_app(
+    config: &Config,
+    conf: Arc<ServerConf>,
+    edge: &Edge,
+    proxy: GraySplit,
+    limits: Arc<Limits>,
+) -> Entrypoint<Gate<Lingering<HttpProxy<GraySplit>>>> {
+    let mut proxy = HttpProxy::new(proxy, conf);
+    proxy.handle_init_modules();
+    proxy.h2_options = Some(config.tls.h2.h2_options());
+    proxy.server_options = Some(config.tls.h2.server_options());
+    edge.entrypoint(Gate::new(
+        Lingering {
+            app: Arc::new(proxy),
+            linger: linger_for(config.server.grace_period),
+        },
+        limits,
+    ))
+}
+
+/// What each per-thread proxy app is built with: one thread, and its share of the idle upstream
+/// connections (`upstream.keepalive_pool_size` is for all threads together; Pingora's connector
+/// keeps `upstream_keepalive_pool_size × threads` of them).
+fn per_thread_conf(config: &Config) -> ServerConf {
+    let threads = config.server.threads.max(1);
+    ServerConf {
+        threads: 1,
+        upstream_keepalive_pool_size: config.upstream.keepalive_pool_size.div_ceil(threads),
+        ..server_conf(config)
+    }
+}
+
+/// The access log (`None` when off): its destination checked now, its writer started as a
+/// service (after `-d` forks), `SIGUSR1` reopens it.
+fn access_log_service(
+    config: &Config,
+    metrics: &Metrics,
+    server: &mut Server,
+) -> Result<Option<Arc<crate::access_log::AccessLog>>, String> {
+    use crate::access_log::{self, AccessLog, AccessLogService};
+    let settings = &config.access_log;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    access_log::check(settings).map_err(|e| {
+        let path = settings
+            .path
+            .as_deref()
+            .unwrap_or(std::path::Path::new("-"));
+        format!(
+            "access_log.path: cannot open {} for appending: {e}",
+            path.display()
+        )
+    })?;
+    let (log, writer) = AccessLog::new(settings.clone(), Some(metrics.registry()))
+        .map_err(|e| format!("cannot set up the access log's metric: {e}"))?;
+    server.add_service(background_service(
+        "access log",
+        AccessLogService {
+            log: log.clone(),
+            writer: parking_lot::Mutex::new(Some(writer)),
+        },
+    ));
+    Ok(Some(log))
 }
 
 /// The pin keys; without a configured secret a random one, and a warning saying what that costs.

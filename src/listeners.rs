@@ -152,6 +152,49 @@ impl Edge {
         let resolver = self.certs.as_ref().map(|c| c.resolver());
         add_endpoints(endpoints, &self.table, resolver.as_ref(), self.gate.clone())
     }
+
+    /// One line per listener (once per process, whatever the number of proxy services).
+    pub fn log_listeners(&self) {
+        for l in self.table.all() {
+            info!(
+                "listening on {}{}{}{}{}",
+                l.addr,
+                if l.tls { " tls" } else { "" },
+                if l.http2 { " h2" } else { "" },
+                if l.proxy_protocol {
+                    " proxy_protocol"
+                } else {
+                    ""
+                },
+                match l.https_redirect {
+                    Some(p) => format!(" (308 to https port {p})"),
+                    None => String::new(),
+                }
+            );
+        }
+    }
+
+    /// Every listening socket as [`crate::per_core`] binds it: the address as Pingora keys it
+    /// (the same string [`add_endpoints`] gives), with the options that matter when binding.
+    pub fn socket_specs(&self) -> Vec<crate::per_core::SocketSpec> {
+        self.table
+            .all()
+            .iter()
+            .map(|l| crate::per_core::SocketSpec {
+                addr: l.addr.to_string(),
+                options: socket_options(l),
+            })
+            .collect()
+    }
+}
+
+/// The socket options of a listener (IPv6: `IPV6_V6ONLY` as configured).
+fn socket_options(l: &Listener) -> Option<TcpSocketOptions> {
+    l.addr.is_ipv6().then(|| {
+        let mut opts = TcpSocketOptions::default();
+        opts.ipv6_only = Some(l.ipv6_only);
+        opts
+    })
 }
 
 /// Adds every listener of `table` to `endpoints`. `resolver` is required when a listener has TLS.
@@ -163,9 +206,7 @@ pub fn add_endpoints(
 ) -> Result<(), String> {
     for l in table.all() {
         let mut config = ListenerConfig::tcp(l.addr.to_string());
-        if l.addr.is_ipv6() {
-            let mut opts = TcpSocketOptions::default();
-            opts.ipv6_only = Some(l.ipv6_only);
+        if let Some(opts) = socket_options(l) {
             config = config.tcp_socket_options(opts);
         }
         if l.tls {
@@ -183,21 +224,6 @@ pub fn add_endpoints(
             config = config.tls(tls);
         }
         endpoints.add_listener(config);
-        info!(
-            "listening on {}{}{}{}{}",
-            l.addr,
-            if l.tls { " tls" } else { "" },
-            if l.http2 { " h2" } else { "" },
-            if l.proxy_protocol {
-                " proxy_protocol"
-            } else {
-                ""
-            },
-            match l.https_redirect {
-                Some(p) => format!(" (308 to https port {p})"),
-                None => String::new(),
-            }
-        );
     }
     if let Some(gate) = gate {
         // Runs on every TLS endpoint; the gate itself skips those without proxy_protocol.

@@ -115,11 +115,8 @@ async fn an_id_is_kept_from_a_trusted_peer_generated_otherwise_and_sent_logged_a
 
     // The access line carries it.
     eventually_sync(Duration::from_secs(5), "the access lines", || {
-        let log = g.log();
-        let line = |id: &str| {
-            log.lines()
-                .any(|l| l.contains("access]") && l.contains(&format!(" id={id} ")))
-        };
+        let lines = g.access_lines();
+        let line = |id: &str| lines.iter().any(|l| l.ends_with(&format!(" id={id}")));
         (line("lb-7f3a-0001") && line(&first) && line(&second)).then_some(())
     });
 }

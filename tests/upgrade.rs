@@ -132,7 +132,7 @@ fn start_load(
 
 /// Requests answered by one process, from its own access log.
 fn served(log: &str) -> usize {
-    log.lines().filter(|l| l.contains("access]")).count()
+    common::proc::access_lines(log).len()
 }
 
 fn pin_options() -> ServerOptions {

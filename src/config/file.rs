@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub visitor: super::visitor::VisitorSection,
     /// Certificates, HTTP/2 limits, HSTS (`[tls]`).
     pub tls: super::tls::TlsSection,
+    /// Where the access log goes and its format (`[access_log]`).
+    pub access_log: super::access_log::AccessLogSection,
     /// Slow and greedy clients (`[limits]`).
     pub limits: super::limits::LimitsSection,
     /// Progressive delivery (`[rollout]`, `[rollout.mirror]`).
@@ -43,6 +45,9 @@ pub struct ServerSection {
     pub listen: super::listen::ListenSection,
     pub admin_listen: String,
     pub threads: usize,
+    /// `per_thread` (one single-threaded service per thread) or `shared` (Pingora's one
+    /// service on a `threads`-thread runtime).
+    pub runtime: String,
     pub pid_file: String,
     pub upgrade_sock: String,
     pub grace_period: String,
@@ -59,6 +64,7 @@ impl Default for ServerSection {
             listen: super::listen::ListenSection::default(),
             admin_listen: "127.0.0.1:9901".into(),
             threads: 2,
+            runtime: "per_thread".into(),
             pid_file: "/run/graysplit/graysplit.pid".into(),
             upgrade_sock: "/run/graysplit/upgrade.sock".into(),
             grace_period: "5s".into(),

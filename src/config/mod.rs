@@ -5,6 +5,7 @@
 //! durations, addresses, names, clashes) so `graysplit -t` can print them in one go, nginx-style,
 //! each with its key, the bad value and the rule.
 
+pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod consul_address;
@@ -95,6 +96,8 @@ pub struct Config {
     pub tls: crate::tls::TlsSettings,
     /// `[limits]`: slow and greedy clients.
     pub limits: crate::limits::LimitSettings,
+    /// `server.access_log` and `[access_log]`: the access log.
+    pub access_log: crate::access_log::AccessLogSettings,
     /// `[rollout]`: the rollout plan's source, driver and mirror settings.
     pub rollout: crate::rollout::RolloutSettings,
 }
@@ -105,6 +108,8 @@ pub struct ServerConfig {
     pub listen: Vec<crate::listeners::Listener>,
     pub admin_listen: SocketAddr,
     pub threads: usize,
+    /// How the proxy's threads are organised.
+    pub runtime: Runtime,
     pub pid_file: PathBuf,
     pub upgrade_sock: PathBuf,
     pub grace_period: Duration,
@@ -115,6 +120,17 @@ pub struct ServerConfig {
     pub request_id_header: Option<http::HeaderName>,
     /// Who gets `X-Graysplit-Pool` / `X-Graysplit-Reason`.
     pub debug_headers: debug_headers::DebugHeaders,
+}
+
+/// How the proxy's `threads` run (`server.runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// One single-threaded service per thread on shared listening sockets, each with its own
+    /// upstream connection pool (nginx's worker model, `crate::per_core`): a connection stays on
+    /// the thread that accepted it. The default.
+    PerThread,
+    /// Pingora's own model: one service on a `threads`-thread runtime with work stealing.
+    Shared,
 }
 
 /// How graysplit sets the `Host` header on proxied requests.
@@ -347,6 +363,7 @@ impl Validator<'_> {
         let admin = self.admin(&raw.admin, &raw.server.admin_listen);
         let cache = self.cache(&raw.cache);
         let limits = self.limits(&raw.limits);
+        let access_log = self.access_log(&raw.access_log, raw.server.access_log, base_dir);
         let rollout = self.rollout(
             &raw.rollout,
             &rollout::Context {
@@ -372,6 +389,7 @@ impl Validator<'_> {
             cache,
             tls,
             limits,
+            access_log,
             rollout,
         }
     }
@@ -410,6 +428,19 @@ impl Validator<'_> {
             listen,
             admin_listen,
             threads: s.threads,
+            runtime: match s.runtime.as_str() {
+                "per_thread" => Runtime::PerThread,
+                "shared" => Runtime::Shared,
+                other => {
+                    self.error(
+                        "server.runtime",
+                        other,
+                        "must be \"per_thread\" (one single-threaded service per thread) or \
+                         \"shared\" (Pingora's multi-threaded runtime)",
+                    );
+                    Runtime::PerThread
+                }
+            },
             pid_file: base_dir.join(&s.pid_file),
             upgrade_sock: base_dir.join(&s.upgrade_sock),
             grace_period: self.duration("server.grace_period", &s.grace_period),

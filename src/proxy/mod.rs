@@ -26,6 +26,7 @@
 //! logging                access line, metrics by pool and build, passive success bookkeeping
 //! ```
 
+mod access;
 mod caching;
 pub mod ctx;
 mod edge;
@@ -66,7 +67,8 @@ const NO_SERVER: &str = "no usable server in pool";
 pub struct ProxySettings {
     pub upstream: UpstreamConfig,
     pub keepalive_timeout: Duration,
-    pub access_log: bool,
+    /// The access log (`None`: `server.access_log = false`); lines are written off this thread.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// Who gets `X-Graysplit-Pool` / `X-Graysplit-Reason`.
     pub debug_headers: crate::config::debug_headers::DebugHeaders,
     /// Client limits (body size here; connections and the head deadline in the gate).
@@ -85,6 +87,9 @@ pub struct ProxySettings {
     pub rollout: Arc<crate::rollout::Rollout>,
 }
 
+/// The proxy logic. Cheap to clone (shared state behind `Arc`s): each per-thread proxy service
+/// gets its own copy (crate::per_core).
+#[derive(Clone)]
 pub struct GraySplit {
     base: Arc<Pool>,
     /// Pool names as shared strings, made once: the request path only clones them.
@@ -483,26 +488,9 @@ impl ProxyHttp for GraySplit {
             routed: ctx.routed,
             request: session.req_header(),
         });
-        if !self.settings.access_log {
-            return;
+        if let Some(log) = &self.settings.access_log {
+            log.log(&self.access_entry(session, ctx, status, build));
         }
-        let req = session.req_header();
-        info!(
-            target: "access",
-            "{} \"{} {}\" {} pool={} build={} server={} reason={} pin={} tries={} id={} {}ms",
-            ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into()),
-            req.method,
-            req.uri.path(),
-            status,
-            ctx.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("-"),
-            if ctx.server.is_some() { build } else { "-" },
-            ctx.server.as_ref().map(|s| s.spec.name.as_str()).unwrap_or("-"),
-            ctx.reason,
-            ctx.pin_event.unwrap_or("-"),
-            ctx.tried.len(),
-            ctx.request_id.as_deref().unwrap_or("-"),
-            ctx.started.elapsed().as_millis()
-        );
     }
 }
 

@@ -169,6 +169,11 @@ impl Graysplit {
         self.current.log()
     }
 
+    /// The access-log lines in the process's output so far (the shipped `graysplit` format).
+    pub fn access_lines(&self) -> Vec<String> {
+        access_lines(&self.log())
+    }
+
     /// The current process's pid.
     pub fn pid(&self) -> u32 {
         self.current.pid()
@@ -262,6 +267,15 @@ impl Proc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The access-log lines of a process log: nginx's combined line followed by ` pool=…` (the
+/// shipped `access_log.format = "graysplit"`), written to standard error by the log's writer.
+pub fn access_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("\" pool="))
+        .map(str::to_string)
+        .collect()
 }
 
 impl Drop for Proc {
