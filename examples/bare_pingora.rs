@@ -68,11 +68,8 @@ fn main() {
     let args = Args::parse();
     let conf = ServerConf {
         threads: args.threads,
-        upstream_keepalive_pool_size: if args.per_core {
-            args.keepalive_pool_size / args.threads.max(1)
-        } else {
-            args.keepalive_pool_size
-        },
+        // Pingora's connector keeps this many per thread of a service.
+        upstream_keepalive_pool_size: args.keepalive_pool_size.div_ceil(args.threads.max(1)),
         // Per core: each service's runtime is one current-thread tokio runtime.
         work_stealing: !args.per_core,
         grace_period_seconds: Some(1),
@@ -88,8 +85,38 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare(Arc::new(lb)));
-    proxy.add_tcp(&args.listen);
-    server.add_service(proxy);
+    let lb = Arc::new(lb);
+    if args.per_core {
+        // As graysplit's `server.runtime = "per_thread"`: one single-threaded service per
+        // thread, each with its own upstream pool, on private dups of one listening socket.
+        let sockets = Arc::new(graysplit::per_core::SharedSockets::default());
+        let spec = graysplit::per_core::SocketSpec {
+            addr: args.listen.clone(),
+            options: None,
+        };
+        let per_thread = Arc::new(ServerConf {
+            threads: 1,
+            upstream_keepalive_pool_size: args.keepalive_pool_size.div_ceil(args.threads.max(1)),
+            ..ServerConf::default()
+        });
+        for i in 0..args.threads.max(1) {
+            let mut proxy = pingora::proxy::http_proxy_service_with_name(
+                &per_thread,
+                Bare(lb.clone()),
+                &format!("bare {i}"),
+            );
+            proxy.threads = Some(1);
+            proxy.add_tcp(&args.listen);
+            server.add_service(graysplit::per_core::PerCore::new(
+                proxy,
+                vec![spec.clone()],
+                sockets.clone(),
+            ));
+        }
+    } else {
+        let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare(lb));
+        proxy.add_tcp(&args.listen);
+        server.add_service(proxy);
+    }
     server.run_forever();
 }

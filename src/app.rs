@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use log::{info, warn};
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
-use pingora::proxy::HttpProxy;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
