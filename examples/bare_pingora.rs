@@ -65,6 +65,7 @@ impl ProxyHttp for Bare {
 }
 
 fn main() {
+    env_logger::init();
     let args = Args::parse();
     let conf = ServerConf {
         threads: args.threads,

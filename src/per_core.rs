@@ -65,7 +65,10 @@ impl SharedSockets {
         let mut private = pingora::server::Fds::new();
         for spec in specs {
             if !owned.contains_key(&spec.addr) {
-                let fd = match real.lock().get(&spec.addr).copied() {
+                // Looked up first: a guard in the `match` scrutinee would live through the
+                // arms, and `add` below would deadlock on it.
+                let inherited = real.lock().get(&spec.addr).copied();
+                let fd = match inherited {
                     // Handed over by the previous process: this process owns it from now on.
                     // SAFETY: Pingora received this descriptor for us and nobody else wraps it
                     // (every service of ours gets a dup instead).
