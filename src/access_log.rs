@@ -5,27 +5,26 @@
 //!   the default: pool, build, server, reason, pin event, tries, request time, request id), or one
 //!   JSON object per line (`json`). Bytes outside printable ASCII, `"` and `\` are written as
 //!   `\xHH`, as nginx does, so a hostile header cannot forge a line.
-//! - **Bounded**: lines go through a bounded queue; when it is full (the writer cannot keep up)
-//!   the line is dropped and counted ([`AccessLog::dropped`], `graysplit_access_log_dropped_total`)
+//! - **Bounded**: each thread formats into a buffer of its own holding at most its share of
+//!   `queue` lines; when it is full (the writer cannot keep up) the line is dropped and counted ([`AccessLog::dropped`], `graysplit_access_log_dropped_total`)
 //!   rather than blocking the request.
 //! - **Files**: appended to `path` (or standard error when none is set, where journald collects
 //!   it); reopened on `SIGUSR1` (nginx's `-s reopen`, what logrotate's `postrotate` sends) and, with
 //!   `max_size`, rotated by the writer itself (`path` → `path.1` → … `path.<keep>`).
 //!
-//! The writer batches: it takes every line queued, writes them in one `write`, and flushes
-//! within [`FLUSH_EVERY`] of the oldest unwritten line.
+//! The writer batches: every [`FLUSH_EVERY`] it takes each thread's buffer and writes it in one
+//! `write`; at exit (`atexit`, Pingora ends with `process::exit`) the rest is written too.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The most time a written line waits in the writer's buffer before it reaches the file.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// Line layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,14 +331,31 @@ fn iso_time(t: SystemTime, out: &mut Vec<u8>) {
     out.push(b'Z');
 }
 
-/// The access log as the request path sees it: format a line, queue it, never wait.
+/// The access log as the request path sees it: format a line into this thread's buffer, never
+/// wait, never wake anyone.
+///
+/// Why shards and not a channel: a channel wakes the writer for every line (three context
+/// switches per request, measured in `bench/`), and one shared buffer makes the worker threads
+/// contend. Each thread formats into a buffer of its own (an uncontended lock); the writer swaps
+/// the buffers out every [`FLUSH_EVERY`] and writes them, so a request pays for formatting only.
 pub struct AccessLog {
     pub settings: AccessLogSettings,
-    tx: SyncSender<Vec<u8>>,
+    shards: Box<[parking_lot::Mutex<Shard>]>,
+    /// Lines one shard holds before new ones are dropped (`queue` spread over the shards).
+    shard_lines: usize,
+    /// Where the lines go; `None` until the writer starts (after `-d` forks).
+    sink: parking_lot::Mutex<Option<Sink>>,
     dropped: AtomicU64,
     /// `graysplit_access_log_dropped_total`, when registered.
     dropped_metric: Option<prometheus::IntCounter>,
-    reopen: Arc<AtomicBool>,
+    reopen: AtomicBool,
+}
+
+/// One thread's unwritten lines.
+#[derive(Default)]
+struct Shard {
+    buf: Vec<u8>,
+    lines: usize,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -351,11 +367,18 @@ impl std::fmt::Debug for AccessLog {
     }
 }
 
-/// The other end of the queue: opens the destination and writes, on a thread of its own.
+/// Starts the writing: opens the destination and flushes on a thread of its own.
 pub struct Writer {
-    settings: AccessLogSettings,
-    rx: Receiver<Vec<u8>>,
-    reopen: Arc<AtomicBool>,
+    log: Weak<AccessLog>,
+}
+
+/// The shard of the calling thread: threads take the shards in turn as they first log.
+fn shard_index(shards: usize) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    MINE.with(|i| *i % shards)
 }
 
 impl AccessLog {
@@ -366,8 +389,6 @@ impl AccessLog {
         settings: AccessLogSettings,
         registry: Option<&prometheus::Registry>,
     ) -> Result<(Arc<AccessLog>, Writer), prometheus::Error> {
-        let (tx, rx) = mpsc::sync_channel(settings.queue.max(1));
-        let reopen = Arc::new(AtomicBool::new(false));
         let dropped_metric = match registry {
             Some(r) => {
                 let c = prometheus::IntCounter::new(
@@ -379,21 +400,24 @@ impl AccessLog {
             }
             None => None,
         };
+        // More shards than threads that log (the workers, the admin runtime): two threads share
+        // one only when there are many more threads than cores.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let count = (cores * 4).clamp(8, 256);
+        let shard_lines = settings.queue.max(1).div_ceil(count);
+        let log = Arc::new(AccessLog {
+            settings,
+            shards: (0..count).map(|_| Default::default()).collect(),
+            shard_lines,
+            sink: parking_lot::Mutex::new(None),
+            dropped: AtomicU64::new(0),
+            dropped_metric,
+            reopen: AtomicBool::new(false),
+        });
         let writer = Writer {
-            settings: settings.clone(),
-            rx,
-            reopen: reopen.clone(),
+            log: Arc::downgrade(&log),
         };
-        Ok((
-            Arc::new(AccessLog {
-                settings,
-                tx,
-                dropped: AtomicU64::new(0),
-                dropped_metric,
-                reopen,
-            }),
-            writer,
-        ))
+        Ok((log, writer))
     }
 
     /// [`AccessLog::new`] with the writer already running (tests, tools).
@@ -403,15 +427,45 @@ impl AccessLog {
         Ok(log)
     }
 
-    /// Formats `e` and queues it; never blocks (a full queue drops the line and counts it).
+    /// Formats `e` into this thread's buffer; never blocks on I/O (a full buffer drops the line
+    /// and counts it).
     pub fn log(&self, e: &Entry<'_>) {
-        let mut line = Vec::with_capacity(256);
-        format(e, self.settings.format, &mut line);
-        if self.tx.try_send(line).is_err() {
+        let Some(shard) = self.shards.get(shard_index(self.shards.len())) else {
+            return;
+        };
+        let mut shard = shard.lock();
+        if shard.lines >= self.shard_lines {
+            drop(shard);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             if let Some(m) = &self.dropped_metric {
                 m.inc();
             }
+            return;
+        }
+        format(e, self.settings.format, &mut shard.buf);
+        shard.lines += 1;
+    }
+
+    /// Writes every line logged so far (the writer's tick, the end of the process).
+    pub fn flush(&self) {
+        let mut sink = self.sink.lock();
+        let Some(sink) = sink.as_mut() else { return };
+        if self.reopen.swap(false, Ordering::Relaxed) {
+            sink.reopen();
+        }
+        let mut spare = Vec::new();
+        for shard in self.shards.iter() {
+            {
+                // Swapped, not copied: the worker waits for a pointer swap at most.
+                let mut shard = shard.lock();
+                if shard.lines == 0 {
+                    continue;
+                }
+                std::mem::swap(&mut shard.buf, &mut spare);
+                shard.lines = 0;
+            }
+            sink.write(&spare);
+            spare.clear();
         }
     }
 
@@ -426,14 +480,52 @@ impl AccessLog {
     }
 }
 
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// The log the process writes at exit (Pingora ends with `std::process::exit`, which runs
+/// `atexit` handlers but no destructors): the lines of the last [`FLUSH_EVERY`] are not lost.
+static AT_EXIT: std::sync::Mutex<Option<Weak<AccessLog>>> = std::sync::Mutex::new(None);
+
+extern "C" fn flush_at_exit() {
+    let log = AT_EXIT
+        .lock()
+        .ok()
+        .and_then(|l| l.as_ref().and_then(Weak::upgrade));
+    if let Some(log) = log {
+        log.flush();
+    }
+}
+
 impl Writer {
-    /// Opens the destination and writes queued lines on a thread of its own until every
-    /// [`AccessLog`] handle is gone.
+    /// Opens the destination and writes the logged lines every [`FLUSH_EVERY`], on a thread of
+    /// its own, until the [`AccessLog`] is gone; and once more when the process exits.
     pub fn spawn(self) -> io::Result<std::thread::JoinHandle<()>> {
-        let sink = Sink::open(&self.settings)?;
+        let Some(log) = self.log.upgrade() else {
+            return Err(io::Error::other("the access log is gone"));
+        };
+        *log.sink.lock() = Some(Sink::open(&log.settings)?);
+        drop(log);
+        if let Ok(mut at_exit) = AT_EXIT.lock() {
+            let first = at_exit.is_none();
+            *at_exit = Some(self.log.clone());
+            if first {
+                // SAFETY: registers a plain `extern "C" fn` that takes no arguments.
+                unsafe { libc::atexit(flush_at_exit) };
+            }
+        }
         std::thread::Builder::new()
             .name("access log".into())
-            .spawn(move || writer(self.rx, sink, self.reopen))
+            .spawn(move || loop {
+                std::thread::sleep(FLUSH_EVERY);
+                match self.log.upgrade() {
+                    Some(log) => log.flush(),
+                    None => return,
+                }
+            })
     }
 }
 
@@ -574,31 +666,6 @@ fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-fn writer(rx: Receiver<Vec<u8>>, mut sink: Sink, reopen: Arc<AtomicBool>) {
-    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
-    loop {
-        let first = match rx.recv_timeout(FLUSH_EVERY) {
-            Ok(line) => Some(line),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        if reopen.swap(false, Ordering::Relaxed) {
-            sink.reopen();
-        }
-        let Some(first) = first else { continue };
-        batch.extend_from_slice(&first);
-        // Everything already queued goes out in the same write.
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(line) => batch.extend_from_slice(&line),
-                Err(_) => break,
-            }
-        }
-        sink.write(&batch);
-        batch.clear();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,6 +776,43 @@ mod tests {
         assert_eq!(lines(), 30, "every line written once");
         assert!(files[1].exists(), "max_size rotated the file");
         assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn lines_from_many_threads_are_written_whole_and_once_and_the_rest_at_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::start(AccessLogSettings {
+            path: Some(path.clone()),
+            ..AccessLogSettings::default()
+        })
+        .unwrap();
+        let threads: Vec<_> = (0..4u16)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        let mut e = entry();
+                        e.status = 200 + t;
+                        e.body_bytes = i;
+                        log.log(&e);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // The last handle gone: whatever the writer had not taken yet is written now.
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert!(line.ends_with(" id=abc"), "a whole line: {line}");
+            assert!(seen.insert((fields[8], fields[9])), "written once: {line}");
+        }
+        assert_eq!(seen.len(), 2000);
     }
 
     #[test]
