@@ -39,7 +39,9 @@ fn entry(now: SystemTime, i: usize) -> Entry<'static> {
 fn main() {
     let dir = std::env::temp_dir().join(format!("graysplit-access-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    println!("access log: ns per line on the worker thread ({LINES} lines, writer appending to a file)");
+    println!(
+        "access log: ns per line on the worker thread ({LINES} lines, writer appending to a file)"
+    );
     for (name, format) in [
         ("graysplit", Format::Graysplit),
         ("combined", Format::Combined),

@@ -57,6 +57,13 @@ pub struct SharedSockets {
 }
 
 impl SharedSockets {
+    /// Closes this process's own copy of every socket: once the services stop accepting (their
+    /// dups are closed by Pingora), the kernel refuses new connections instead of queueing them
+    /// in a backlog nobody reads. A new process (`-u`) got its own copies before this.
+    fn close_all(&self) {
+        self.owned.lock().clear();
+    }
+
     /// A private fd table for one service: a `dup` of the real socket of every address in
     /// `specs`. The real sockets are bound (or adopted from `real`, the table Pingora passes
     /// between processes) on first use, and entered in `real`.
@@ -159,6 +166,18 @@ impl<S: ServiceWithDependents> ServiceWithDependents for PerCore<S> {
             self.inner.name(),
             self.specs.iter().map(|s| &s.addr).collect::<Vec<_>>()
         );
+        // At shutdown this process's copies of the sockets are closed too (Pingora's own
+        // listeners close theirs then), not when the services are dropped after the linger.
+        let sockets = self.sockets.clone();
+        let mut watch = shutdown.clone();
+        tokio::spawn(async move {
+            while !*watch.borrow() {
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+            sockets.close_all();
+        });
         self.inner
             .start_service(private, shutdown, listeners_per_fd, ready_notifier)
             .await

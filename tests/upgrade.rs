@@ -601,11 +601,12 @@ async fn sigterm_lets_in_flight_requests_finish_then_refuses() {
 
     // A keep-alive connection that was idle when the signal came is not cut under a request
     // sent on it now (within the linger, half of grace_period): it is answered, and closed.
-    let late = idle
-        .get(g.url("/late"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("request on the idle connection after SIGTERM: {e:?}"));
+    let late = idle.get(g.url("/late")).send().await.unwrap_or_else(|e| {
+        panic!(
+            "request on the idle connection after SIGTERM: {e:?}\n{}",
+            g.log()
+        )
+    });
     assert_eq!(late.status(), 200);
     assert_eq!(late.headers()["connection"], "close");
     assert_eq!(late.bytes().await.expect("body").len(), slow.body.len());

@@ -238,7 +238,11 @@ impl Proc {
             .args(args)
             .arg("-c")
             .arg(dir.join("graysplit.toml"))
-            .env("RUST_LOG", "info")
+            // GRAYSPLIT_TEST_LOG=debug: the processes under test log at another level.
+            .env(
+                "RUST_LOG",
+                std::env::var("GRAYSPLIT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(stderr)
