@@ -6,6 +6,7 @@
 //! proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
 //! ```
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
@@ -14,7 +15,8 @@ use crate::config::HostHeader;
 
 /// nginx's `$host`: the request's host name, lower-cased, without the port. `None` when the
 /// request carries no usable host (nginx would then use `server_name`; we leave Host untouched).
-pub fn host_without_port(host_header: &str) -> Option<String> {
+/// Borrowed when the header already is that name (the usual case: nothing to allocate).
+pub fn host_without_port(host_header: &str) -> Option<Cow<'_, str>> {
     let h = host_header.trim();
     if h.is_empty() {
         return None;
@@ -32,7 +34,11 @@ pub fn host_without_port(host_header: &str) -> Option<String> {
     if name.is_empty() || name.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         return None;
     }
-    Some(name.to_ascii_lowercase())
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(name.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(name))
+    }
 }
 
 /// The `Host` to set on the proxied request; `None` leaves the client's untouched.
@@ -42,14 +48,14 @@ pub fn host_without_port(host_header: &str) -> Option<String> {
 /// upstream request goes out as HTTP/1.1 and a strict server (nginx) answers 400 to HTTP/1.1
 /// without `Host`: `upstream.default_host` (nginx's `server_name` behind `$host`), else the
 /// server's address as written in the pool.
-pub fn upstream_host(
+pub fn upstream_host<'a>(
     mode: HostHeader,
-    client: Option<&str>,
-    uri_host: Option<&str>,
-    default_host: Option<&str>,
-    server: &str,
-) -> Option<String> {
-    let fallback = || default_host.unwrap_or(server).to_string();
+    client: Option<&'a str>,
+    uri_host: Option<&'a str>,
+    default_host: Option<&'a str>,
+    server: &'a str,
+) -> Option<Cow<'a, str>> {
+    let fallback = || Cow::Borrowed(default_host.unwrap_or(server));
     let host = match mode {
         HostHeader::Host => Some(
             client
@@ -59,9 +65,9 @@ pub fn upstream_host(
         ),
         HostHeader::HttpHost => match client.filter(|h| !h.trim().is_empty()) {
             Some(_) => None,
-            None => Some(uri_host.map_or_else(fallback, str::to_string)),
+            None => Some(uri_host.map_or_else(fallback, Cow::Borrowed)),
         },
-        HostHeader::Upstream => Some(server.to_string()),
+        HostHeader::Upstream => Some(Cow::Borrowed(server)),
     };
     host.filter(|h| !h.is_empty())
 }
@@ -201,7 +207,7 @@ mod fuzz_tests {
                 prop_assert!(!name.is_empty());
                 prop_assert_eq!(&name, &name.to_ascii_lowercase());
                 prop_assert!(!name.bytes().any(|b| b.is_ascii_control() || b == b' '));
-                prop_assert!(h.trim().to_ascii_lowercase().starts_with(&name), "{:?} -> {:?}", h, name);
+                prop_assert!(h.trim().to_ascii_lowercase().starts_with(&*name), "{:?} -> {:?}", h, name);
             }
         }
 
@@ -219,7 +225,8 @@ mod fuzz_tests {
                 Some(p) => format!("{host}:{p}"),
                 None => host.clone(),
             };
-            prop_assert_eq!(host_without_port(&header), Some(host.to_ascii_lowercase()));
+            let (got, want) = (host_without_port(&header), host.to_ascii_lowercase());
+            prop_assert_eq!(got.as_deref(), Some(want.as_str()));
         }
 
         #[test]

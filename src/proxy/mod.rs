@@ -353,7 +353,17 @@ impl ProxyHttp for GraySplit {
             u.default_host.as_deref(),
             server,
         ) {
-            req.insert_header(http::header::HOST, host)?;
+            // The upstream request is a copy of the client's: when its Host already says this
+            // (a browser's `Host: shop.example`, once), there is nothing to replace.
+            let twice = req
+                .headers
+                .get_all(http::header::HOST)
+                .iter()
+                .nth(1)
+                .is_some();
+            if twice || client_host != Some(&*host) {
+                req.insert_header(http::header::HOST, host.into_owned())?;
+            }
         }
         // The decision travels with the request (e.g. gray → `a: 1`) so the backend gateway routes
         // the whole chain; a client-sent copy must never choose for itself.
