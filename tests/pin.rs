@@ -166,9 +166,11 @@ async fn a_page_sets_the_pin_and_its_assets_follow_it() {
         metric(&m, "graysplit_pins_set_total{event=\"refreshed\"}"),
         1.0
     );
-    assert!(
-        g.log().contains("pin=new"),
-        "access log names the pin event"
+    // The access log is written by its writer thread within 100 ms.
+    common::eventually_sync(
+        Duration::from_secs(5),
+        "the access line naming the pin event",
+        || g.log().contains("pin=new").then_some(()),
     );
     assert!(!g.log().contains(SECRET), "the secret is never logged");
 }
