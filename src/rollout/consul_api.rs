@@ -5,7 +5,6 @@
 //! API references: developer.hashicorp.com/consul/api-docs/kv (read, create/update with cas,
 //! acquire, release) and developer.hashicorp.com/consul/api-docs/session.
 
-use std::error::Error as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::config::{duration, ConsulConfig, Secret};
+use crate::upstream::consul::chain;
 
 /// A KV answer larger than this is refused (window records of a large fleet stay far below).
 const MAX_BODY: usize = 16 << 20;
@@ -64,24 +64,6 @@ pub struct ConsulApi {
 /// A session id goes into URLs: Consul's are UUIDs.
 pub fn valid_session_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
-}
-
-fn chain(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() {
-        format!("timed out ({e})")
-    } else {
-        e.to_string()
-    };
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// A Consul error body as a short, printable quote.

@@ -163,7 +163,8 @@ impl ConsulClient {
 }
 
 /// An error with its causes ("error sending request ...: tcp connect error: Connection refused").
-fn chain(e: &reqwest::Error) -> String {
+/// Also the rollout's Consul client's (rollout/consul_api.rs).
+pub(crate) fn chain(e: &reqwest::Error) -> String {
     let mut out = if e.is_timeout() {
         format!("timed out ({e})")
     } else {
