@@ -352,3 +352,147 @@ async fn bodies_over_client_max_body_size_get_413_declared_or_streamed() {
         g.log()
     );
 }
+
+/// Sends `raw` whole on a new connection and returns the status lines of what came back, and
+/// whether each answer came from the upstream (graysplit's decision header is on it).
+async fn statuses(g: &Graysplit, raw: &[u8]) -> Vec<(String, bool)> {
+    let mut s = connect_from(UNTRUSTED, g.listen).await;
+    // The whole head is written even when it is refused early: the refusal lingers, reading
+    // and dropping the rest, so the answer is not lost to a reset.
+    s.write_all(raw).await.expect("the whole request is taken");
+    let (got, closed) = common::edge::read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed, "answered and closed");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    text.split("HTTP/1.1 ")
+        .skip(1)
+        .map(|answer| {
+            let status = answer.lines().next().unwrap_or("").to_string();
+            (status, answer.contains("x-graysplit-pool"))
+        })
+        .collect()
+}
+
+/// One whole answer (its head and `Content-Length` bytes of body) off a kept-alive connection.
+async fn read_one_answer(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            if body.len() >= len {
+                return got;
+            }
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn head(path: &str, headers: &[String], close: bool) -> Vec<u8> {
+    let mut r = format!("GET {path} HTTP/1.1\r\nHost: test\r\n");
+    for h in headers {
+        r.push_str(h);
+        r.push_str("\r\n");
+    }
+    if close {
+        r.push_str("Connection: close\r\n");
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
+}
+
+fn header(name: &str, line_len: usize) -> String {
+    let prefix = format!("{name}: ");
+    format!("{prefix}{}", "a".repeat(line_len - prefix.len()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_over_large_client_header_buffers_get_414_or_431_and_are_counted() {
+    let up = Upstream::start("base");
+    // The shipped default, nginx's `4 8k`.
+    let g = start("", &up.line(""));
+    let ok = ("200 OK".to_string(), true);
+    let too_large = ("431 Request Header Fields Too Large".to_string(), false);
+
+    // An 8,000-byte header line and a 7,000-byte URI fit; 9,000 bytes do not.
+    assert_eq!(
+        statuses(&g, &head("/", &[header("X-Big", 8000)], true)).await,
+        vec![ok.clone()]
+    );
+    let uri = format!("/?q={}", "a".repeat(7000));
+    assert_eq!(statuses(&g, &head(&uri, &[], true)).await, vec![ok.clone()]);
+    assert_eq!(
+        statuses(&g, &head("/", &[header("X-Big", 9000)], true)).await,
+        vec![too_large.clone()]
+    );
+    let uri = format!("/?q={}", "a".repeat(9000));
+    assert_eq!(
+        statuses(&g, &head(&uri, &[], true)).await,
+        vec![("414 URI Too Long".to_string(), false)]
+    );
+    // Five lines of 7,000 bytes: each fits a buffer, all of them not the four.
+    let five: Vec<String> = (0..5).map(|i| header(&format!("X-{i}"), 7000)).collect();
+    assert_eq!(
+        statuses(&g, &head("/", &five, true)).await,
+        vec![too_large.clone()]
+    );
+    // 2,000 forged pins in one Cookie (about 150 KB): refused before a byte of it is parsed.
+    let sig = "A".repeat(43);
+    let pins: Vec<String> = (0..2000)
+        .map(|i| format!("graysplit=v1.gray.g-{i}.1700000000.{sig}"))
+        .collect();
+    let cookie = format!("Cookie: {}", pins.join("; "));
+    assert!(cookie.len() > 140_000);
+    assert_eq!(
+        statuses(&g, &head("/", &[cookie], true)).await,
+        vec![too_large.clone()]
+    );
+    // On a keep-alive connection each head is measured on its own: a normal request, then
+    // (once it is answered) one too large.
+    let mut s = connect_from(UNTRUSTED, g.listen).await;
+    s.write_all(&head("/", &[header("X-Big", 6000)], false))
+        .await
+        .unwrap();
+    let first = read_one_answer(&mut s).await;
+    assert!(first.starts_with(b"HTTP/1.1 200 OK\r\n"), "{first:?}");
+    s.write_all(&head("/", &[header("X-Big", 20_000)], true))
+        .await
+        .unwrap();
+    let (second, closed) = common::edge::read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed);
+    assert!(
+        second.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&second)
+    );
+
+    assert_eq!(
+        metric(&g, &limit_hits("large_client_header_buffers")).await,
+        5.0
+    );
+    assert_eq!(
+        statuses(&g, &head("/", &[], true)).await,
+        vec![ok.clone()],
+        "still serving"
+    );
+
+    // A larger setting takes larger heads, and still refuses past it.
+    let g = start("large_client_header_buffers = \"2 16k\"", &up.line(""));
+    assert_eq!(
+        statuses(&g, &head("/", &[header("X-Big", 15_000)], true)).await,
+        vec![ok]
+    );
+    assert_eq!(
+        statuses(&g, &head("/", &[header("X-Big", 17_000)], true)).await,
+        vec![too_large]
+    );
+}

@@ -2,13 +2,16 @@
 //! real static upstreams: each gets a clean 4xx or a normal answer (never a 5xx, never a hang), and
 //! the process keeps serving.
 //!
-//! What answers what (Pingora 0.9.1, `pingora-core` `protocols/http/v1/server.rs` and
-//! `pingora-proxy` `lib.rs`): every request-head parse failure is `InvalidHTTPHeader`, which the
-//! proxy answers with `400` and a close. That covers a head over 1 MiB (`MAX_HEADER_SIZE`), more
-//! than 256 header lines (`MAX_HEADERS`), a garbage request line, a URI the `http` crate refuses
-//! (over 65,534 bytes), a header line without ':', an unparsable or conflicting Content-Length,
-//! and a Transfer-Encoding whose last coding is not `chunked`. Pingora never sends 413, 414 or
-//! 431 itself; a 431 seen here comes from the upstream (hyper refuses more than 100 headers). A
+//! What answers what. Before Pingora parses a head, graysplit's `large_client_header_buffers`
+//! (default `4 8k`, `tests/limits.rs` covers it) answers a request line over a buffer with 414
+//! and a header line or head too large with 431. These tests raise it to `4 256k`, its 1 MiB
+//! maximum, to reach Pingora's own rules (Pingora 0.9.1, `pingora-core`
+//! `protocols/http/v1/server.rs` and `pingora-proxy` `lib.rs`): every request-head parse
+//! failure is `InvalidHTTPHeader`, which the proxy answers with `400` and a close. That covers
+//! more than 256 header lines (`MAX_HEADERS`), a garbage request line, a URI the `http` crate
+//! refuses (over 65,534 bytes), a header line without ':', an unparsable or conflicting
+//! Content-Length, and a Transfer-Encoding whose last coding is not `chunked`. A 431 with
+//! graysplit's decision headers comes from the upstream (hyper refuses more than 100 headers). A
 //! head cut short by the client is a clean close without an answer (there is no request to answer).
 //! Content-Length beside `Transfer-Encoding: chunked` is dropped and the connection closed after
 //! the answer (RFC 9112 6.1), so nothing after the chunked body is read as another request.
@@ -164,7 +167,8 @@ fn start() -> Setup {
     let gray = Upstream::start("gray");
     let conf = "[pools.base]\nfile = \"base.conf\"\n[pools.gray]\nfile = \"gray.conf\"\n\
                 [gray]\nuser_header = \"h-gray-userid\"\nuser_cookie = \"uid\"\n\
-                whitelist_file = \"whitelist.txt\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+                whitelist_file = \"whitelist.txt\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+                [limits]\nlarge_client_header_buffers = \"4 256k\"\n";
     let g = Graysplit::start(
         conf,
         &[
@@ -228,19 +232,24 @@ fn header_line(name: &str, value_len: usize) -> Vec<u8> {
 fn huge_and_many_headers() {
     let mut s = start();
 
-    // One 64 KiB header: well inside Pingora's 1 MiB head, proxied as usual.
+    // One 64 KiB header: within a 256 KiB buffer, proxied as usual.
     let big = header_line("X-Big", 64 * 1024);
     assert_eq!(s.status(&get("/", &[&big])), 200);
 
-    // A head over 1 MiB (17 headers of 64 KiB, still unfinished): Pingora stops reading at its
-    // limit and answers 400.
+    // A head over 1 MiB (17 headers of 64 KiB, still unfinished): refused as the byte past the
+    // four buffers arrives, before Pingora's own 1 MiB limit (a 400) is reached.
     let mut raw = b"GET / HTTP/1.1\r\nHost: example.test\r\n".to_vec();
     for i in 0..17 {
         raw.extend_from_slice(&header_line(&format!("X-Big-{i}"), 64 * 1024));
         raw.extend_from_slice(b"\r\n");
     }
     let ex = exchange(&s.g, &raw, false);
-    assert_eq!(ex.statuses(), vec![400], "{ex:?}");
+    assert_eq!(ex.statuses(), vec![431], "{ex:?}");
+    assert_eq!(
+        ex.only().header("x-graysplit-pool"),
+        None,
+        "graysplit's own answer"
+    );
 
     // More than 256 header lines: 400 from Pingora's parser.
     let many: Vec<Vec<u8>> = (0..300)

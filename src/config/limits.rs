@@ -5,12 +5,13 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use super::{size, Validator};
-use crate::limits::{LimitSettings, MaxConnections};
+use crate::limits::{HeaderBuffers, LimitSettings, MaxConnections};
 
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct LimitsSection {
     pub client_header_timeout: String,
+    pub large_client_header_buffers: String,
     pub client_max_body_size: String,
     pub max_connections: ConnCount,
     pub max_connections_per_ip: u64,
@@ -20,6 +21,7 @@ impl Default for LimitsSection {
     fn default() -> Self {
         Self {
             client_header_timeout: "60s".into(),
+            large_client_header_buffers: "4 8k".into(),
             client_max_body_size: "1m".into(),
             max_connections: ConnCount::Word("auto".into()),
             max_connections_per_ip: 0,
@@ -58,6 +60,41 @@ impl<'de> Deserialize<'de> for ConnCount {
     }
 }
 
+/// Pingora refuses a head over 1 MiB whatever the configuration says.
+const MAX_HEAD: u64 = 1 << 20;
+/// Below this a browser's ordinary request line or Cookie would not fit.
+const MIN_BUFFER: u64 = 1 << 10;
+
+/// `"4 8k"`: the number of buffers and their size, or the rule the text breaks.
+fn header_buffers(text: &str) -> Result<HeaderBuffers, String> {
+    const RULE: &str = "must be a number of buffers and their size, as in nginx (e.g. \"4 8k\")";
+    let mut words = text.split_whitespace();
+    let (Some(number), Some(size), None) = (words.next(), words.next(), words.next()) else {
+        return Err(RULE.into());
+    };
+    let number: u64 = number.parse().map_err(|_| RULE.to_string())?;
+    let size = super::size::parse(size).map_err(|_| RULE.to_string())?;
+    if number == 0 {
+        return Err("must have at least one buffer".into());
+    }
+    if size < MIN_BUFFER {
+        return Err(format!(
+            "must have buffers of at least {} (a browser's Cookie alone is often larger)",
+            super::size::format(MIN_BUFFER)
+        ));
+    }
+    if number.saturating_mul(size) > MAX_HEAD {
+        return Err(format!(
+            "must come to at most {} in all (Pingora's own limit for a request head)",
+            super::size::format(MAX_HEAD)
+        ));
+    }
+    Ok(HeaderBuffers {
+        number: u32::try_from(number).map_err(|_| RULE.to_string())?,
+        size: u32::try_from(size).map_err(|_| RULE.to_string())?,
+    })
+}
+
 /// More than this is surely a typo (and above any file-descriptor limit).
 const MAX_CONNECTIONS: u64 = 10_000_000;
 
@@ -65,6 +102,15 @@ impl Validator<'_> {
     pub(super) fn limits(&mut self, l: &LimitsSection) -> LimitSettings {
         let client_header_timeout =
             self.positive_duration("limits.client_header_timeout", &l.client_header_timeout);
+        let header_buffers =
+            header_buffers(&l.large_client_header_buffers).unwrap_or_else(|rule| {
+                self.error(
+                    "limits.large_client_header_buffers",
+                    &l.large_client_header_buffers,
+                    rule,
+                );
+                HeaderBuffers::default()
+            });
         let client_max_body_size = size::parse(&l.client_max_body_size).unwrap_or_else(|rule| {
             self.error("limits.client_max_body_size", &l.client_max_body_size, rule);
             0
@@ -114,6 +160,7 @@ impl Validator<'_> {
         }
         LimitSettings {
             client_header_timeout,
+            header_buffers,
             client_max_body_size,
             max_connections,
             max_connections_per_ip,
@@ -124,7 +171,7 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use super::super::Config;
-    use crate::limits::MaxConnections;
+    use crate::limits::{HeaderBuffers, MaxConnections};
     use std::path::Path;
     use std::time::Duration;
 
@@ -139,6 +186,14 @@ mod tests {
     fn defaults_are_nginx_s() {
         let l = load("").unwrap().limits;
         assert_eq!(l.client_header_timeout, Duration::from_secs(60));
+        assert_eq!(
+            l.header_buffers,
+            HeaderBuffers {
+                number: 4,
+                size: 8192
+            }
+        );
+        assert_eq!(l.header_buffers.to_string(), "4 8k");
         assert_eq!(l.client_max_body_size, 1 << 20);
         assert_eq!(l.max_connections, MaxConnections::Auto);
         assert_eq!(l.max_connections_per_ip, 0);
@@ -153,12 +208,14 @@ mod tests {
         assert_eq!(
             (
                 l.client_header_timeout,
+                l.header_buffers,
                 l.client_max_body_size,
                 l.max_connections,
                 l.max_connections_per_ip
             ),
             (
                 d.client_header_timeout,
+                d.header_buffers,
                 d.client_max_body_size,
                 d.max_connections,
                 d.max_connections_per_ip
@@ -201,6 +258,32 @@ mod tests {
                 e.iter().any(|m| m.starts_with(want)),
                 "missing {want:?} in {e:#?}"
             );
+        }
+        let l = load("[limits]\nlarge_client_header_buffers = \" 8  128k \"\n")
+            .unwrap()
+            .limits;
+        assert_eq!(
+            l.header_buffers.limits(),
+            crate::limits::head_size::HeadLimits {
+                line_max: 128 << 10,
+                head_max: (1 << 20) - 1
+            }
+        );
+        for (value, rule) in [
+            ("8k", "must be a number of buffers and their size"),
+            ("4 8k 2", "must be a number of buffers and their size"),
+            ("four 8k", "must be a number of buffers and their size"),
+            ("4 8q", "must be a number of buffers and their size"),
+            ("0 8k", "must have at least one buffer"),
+            ("4 512", "must have buffers of at least 1k"),
+            ("16 128k", "must come to at most 1m in all"),
+        ] {
+            let e = load(&format!(
+                "[limits]\nlarge_client_header_buffers = \"{value}\"\n"
+            ))
+            .unwrap_err();
+            let want = format!("limits.large_client_header_buffers = \"{value}\": {rule}");
+            assert!(e[0].starts_with(&want), "{want:?} in {e:?}");
         }
         let e = load("[limits]\nmax_connections = 10\nmax_connections_per_ip = 11\n").unwrap_err();
         assert!(e[0].contains("is more than max_connections (10)"), "{e:?}");

@@ -7,7 +7,8 @@
 //! 1. takes a place in [`ConnCounter`] (`max_connections`, `max_connections_per_ip`) or closes
 //!    the connection at once, before reading a byte: a connection over the limit costs an
 //!    accept and a close, nothing more;
-//! 2. wraps an HTTP/1 stream in [`HeadDeadline`] (`client_header_timeout`);
+//! 2. wraps an HTTP/1 stream in [`HeadDeadline`] (`client_header_timeout`,
+//!    `large_client_header_buffers`);
 //! 3. runs the wrapped app, and gives the place back when the connection ends.
 
 use std::net::IpAddr;
@@ -19,7 +20,7 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 
 use super::conn_count::{ConnCounter, ConnGuard, Refused};
-use super::head_deadline::{HeadDeadline, OnCut};
+use super::head_deadline::{Cut, HeadDeadline, OnCut};
 use super::Limits;
 use crate::metrics::trust::{Limit, TrustMetrics};
 
@@ -95,10 +96,16 @@ where
         let http1 = !matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let mut stream: Stream = if http1 {
             let metrics = limits.metrics.clone();
-            let on_cut: OnCut = Arc::new(move || metrics.limit_hit(Limit::ClientHeaderTimeout));
+            let on_cut: OnCut = Arc::new(move |cut| {
+                metrics.limit_hit(match cut {
+                    Cut::Timeout => Limit::ClientHeaderTimeout,
+                    Cut::TooLarge(_) => Limit::LargeClientHeaderBuffers,
+                })
+            });
             Box::new(HeadDeadline::new(
                 stream,
                 limits.settings.client_header_timeout,
+                limits.settings.header_buffers.limits(),
                 on_cut,
             ))
         } else {

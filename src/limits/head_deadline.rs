@@ -21,7 +21,13 @@
 //! keep-alive timeout); the first request's deadline runs from accept. When the deadline passes
 //! after part of a head arrived, the client gets `408 Request Timeout` and the connection is
 //! closed; a connection that sent nothing is just closed. HTTP/2 connections are not wrapped
-//! (their streams share one connection; see [`super::gate`]).
+//! (their streams share one connection; see [`super::gate`]; `tls.http2_max_header_list_size`
+//! bounds their heads).
+//!
+//! The same wrapper enforces `large_client_header_buffers` ([`super::head_size`]) on the bytes
+//! of each head as they arrive: a head over the limit is answered `414`/`431` and never reaches
+//! Pingora's parser, and the connection lingers (reads and drops the rest for up to 5 s, as
+//! nginx does) so that the answer is not lost to a reset.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +46,8 @@ use pingora::protocols::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::head_size::{HeadLimits, HeadScan, Oversize, Scan};
+
 const ARMED: u8 = 0;
 const IN_REQUEST: u8 = 1;
 const BETWEEN: u8 = 2;
@@ -49,10 +57,36 @@ const BETWEEN: u8 = 2;
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
-/// Called once per connection the deadline cut after part of a head had arrived.
-pub type OnCut = Arc<dyn Fn() + Send + Sync>;
+/// After refusing a head that is too large, how long and how much more of it is read and
+/// thrown away before the connection closes (nginx's lingering close, `lingering_timeout 5s`):
+/// closing a socket with unread bytes makes the kernel send a reset, which can destroy the
+/// answer before the client reads it.
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 1 << 20;
 
-/// The client stream with a head deadline. Everything but reads is the wrapped stream's.
+/// Why a connection's head was cut, for the counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// `client_header_timeout`, after part of a head had arrived.
+    Timeout,
+    /// `large_client_header_buffers`.
+    TooLarge(Oversize),
+}
+
+/// Called once per connection whose head was cut.
+pub type OnCut = Arc<dyn Fn(Cut) + Send + Sync>;
+
+/// How a cut connection ends its reads.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    TimedOut,
+    /// The answer is sent; the rest of the head is being read and dropped.
+    Lingering(Oversize),
+    Refused(Oversize),
+}
+
+/// The client stream with a head deadline and a head size limit. Everything but reads is the
+/// wrapped stream's.
 pub struct HeadDeadline {
     inner: Stream,
     timeout: Duration,
@@ -60,20 +94,26 @@ pub struct HeadDeadline {
     state: AtomicU8,
     /// Bytes read since the deadline was armed: 0 means an idle connection, not a slow head.
     read_since_armed: usize,
-    cut: bool,
+    /// The head being read, against `large_client_header_buffers`.
+    scan: HeadScan,
+    lingered: usize,
+    ended: Option<Ended>,
     on_cut: OnCut,
 }
 
 impl HeadDeadline {
-    /// Wraps a just-accepted connection; its first head must be complete within `timeout`.
-    pub fn new(inner: Stream, timeout: Duration, on_cut: OnCut) -> Self {
+    /// Wraps a just-accepted connection; its first head must be complete within `timeout`, and
+    /// each head must keep to `limits`.
+    pub fn new(inner: Stream, timeout: Duration, limits: HeadLimits, on_cut: OnCut) -> Self {
         Self {
             inner,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             state: AtomicU8::new(ARMED),
             read_since_armed: 0,
-            cut: false,
+            scan: HeadScan::new(limits),
+            lingered: 0,
+            ended: None,
             on_cut,
         }
     }
@@ -88,26 +128,79 @@ impl HeadDeadline {
         self.state.store(BETWEEN, Ordering::Relaxed);
     }
 
-    fn timed_out(&self) -> std::io::Error {
-        std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!(
-                "client_header_timeout ({:?}): the request head was not complete in time",
-                self.timeout
+    fn error(&self, ended: Ended) -> std::io::Error {
+        match ended {
+            Ended::TimedOut => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "client_header_timeout ({:?}): the request head was not complete in time",
+                    self.timeout
+                ),
             ),
-        )
+            Ended::Lingering(over) | Ended::Refused(over) => std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "large_client_header_buffers: {}",
+                    match over {
+                        Oversize::RequestLine => "the request line is too long",
+                        Oversize::HeaderLine => "a header line is too long",
+                        Oversize::Head => "the request head is too large",
+                    }
+                ),
+            ),
+        }
     }
 
-    /// The deadline passed: answer 408 if part of a head came (best effort: one non-blocking
-    /// write, which a fresh socket's send buffer takes), and fail every read from now on.
-    fn cut(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.cut = true;
-        if self.read_since_armed > 0 {
-            (self.on_cut)();
-            let _ = Pin::new(&mut self.inner).poll_write(cx, REQUEST_TIMEOUT);
-            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+    /// Best effort, one non-blocking write (which a connection that is not being answered has
+    /// room for), then the write side is closed so the client sees the end of the answer.
+    fn answer(&mut self, cx: &mut Context<'_>, response: &[u8], close: bool) {
+        let _ = Pin::new(&mut self.inner).poll_write(cx, response);
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        if close {
+            let _ = Pin::new(&mut self.inner).poll_shutdown(cx);
         }
-        Poll::Ready(Err(self.timed_out()))
+    }
+
+    /// The deadline passed: answer 408 if part of a head came, and fail every read from now on.
+    fn cut(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.ended = Some(Ended::TimedOut);
+        if self.read_since_armed > 0 {
+            (self.on_cut)(Cut::Timeout);
+            self.answer(cx, REQUEST_TIMEOUT, false);
+        }
+        Poll::Ready(Err(self.error(Ended::TimedOut)))
+    }
+
+    /// The head broke `large_client_header_buffers`: answer 414 or 431, then linger.
+    fn refuse(&mut self, over: Oversize, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        (self.on_cut)(Cut::TooLarge(over));
+        self.answer(cx, over.response(), true);
+        self.ended = Some(Ended::Lingering(over));
+        self.deadline.as_mut().reset(Instant::now() + LINGER);
+        self.linger(over, cx)
+    }
+
+    /// Reads and drops what the client still sends, until it closes, [`LINGER`] passes or
+    /// [`LINGER_BYTES`] came; only then does the read fail (and Pingora close the connection).
+    fn linger(&mut self, over: Oversize, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut scratch = [0u8; 16 * 1024];
+        loop {
+            let done = self.deadline.as_mut().poll(cx).is_ready() || {
+                let mut rb = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                        self.lingered += rb.filled().len();
+                        self.lingered > LINGER_BYTES
+                    }
+                    Poll::Ready(_) => true,
+                }
+            };
+            if done {
+                self.ended = Some(Ended::Refused(over));
+                return Poll::Ready(Err(self.error(Ended::Refused(over))));
+            }
+        }
     }
 }
 
@@ -117,6 +210,7 @@ impl std::fmt::Debug for HeadDeadline {
             .field("inner", &self.inner)
             .field("timeout", &self.timeout)
             .field("state", &self.state.load(Ordering::Relaxed))
+            .field("ended", &self.ended)
             .finish()
     }
 }
@@ -128,8 +222,10 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.cut {
-            return Poll::Ready(Err(this.timed_out()));
+        match this.ended {
+            None => {}
+            Some(Ended::Lingering(over)) => return this.linger(over, cx),
+            Some(ended) => return Poll::Ready(Err(this.error(ended))),
         }
         // Polling the timer also registers this task to wake when it fires, so a client that
         // goes quiet is cut at the deadline, not at its next byte.
@@ -141,14 +237,32 @@ impl AsyncRead for HeadDeadline {
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            match this.state.load(Ordering::Relaxed) {
+            let scan = match this.state.load(Ordering::Relaxed) {
                 BETWEEN => {
                     this.state.store(ARMED, Ordering::Relaxed);
                     this.deadline.as_mut().reset(Instant::now() + this.timeout);
                     this.read_since_armed = n;
+                    this.scan.reset();
+                    this.scan.feed(&buf.filled()[before..])
                 }
-                ARMED => this.read_since_armed += n,
-                _ => {}
+                ARMED => {
+                    this.read_since_armed += n;
+                    this.scan.feed(&buf.filled()[before..])
+                }
+                // The body, or requests pipelined behind this one (Pingora's own 1 MiB cap
+                // is what bounds a pipelined head).
+                _ => Scan::Partial,
+            };
+            match scan {
+                Scan::Partial => {}
+                // The head is in: the deadline stops here (the first proxy phase says so
+                // again, for heads Pingora had read before this stream saw them).
+                Scan::Complete => this.state.store(IN_REQUEST, Ordering::Relaxed),
+                Scan::TooLarge(over) => {
+                    // Pingora never sees these bytes: the head is refused, not parsed.
+                    buf.set_filled(before);
+                    return this.refuse(over, cx);
+                }
             }
         }
         result
@@ -278,17 +392,35 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+    const LIMITS: HeadLimits = HeadLimits {
+        line_max: 8192,
+        head_max: 32768,
+    };
+
     fn wrapped(timeout: Duration) -> (HeadDeadline, DuplexStream, Arc<AtomicUsize>) {
-        let (ours, theirs) = tokio::io::duplex(1024);
+        let (s, client, cuts, _) = wrapped_with(timeout, LIMITS);
+        (s, client, cuts)
+    }
+
+    type Cuts = Arc<std::sync::Mutex<Vec<Cut>>>;
+
+    fn wrapped_with(
+        timeout: Duration,
+        limits: HeadLimits,
+    ) -> (HeadDeadline, DuplexStream, Arc<AtomicUsize>, Cuts) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let cuts = Arc::new(AtomicUsize::new(0));
-        let counted = cuts.clone();
-        let on_cut: OnCut = Arc::new(move || {
+        let kinds: Cuts = Arc::default();
+        let (counted, named) = (cuts.clone(), kinds.clone());
+        let on_cut: OnCut = Arc::new(move |cut| {
             counted.fetch_add(1, Ordering::Relaxed);
+            named.lock().unwrap().push(cut);
         });
         (
-            HeadDeadline::new(Box::new(ours), timeout, on_cut),
+            HeadDeadline::new(Box::new(ours), timeout, limits, on_cut),
             theirs,
             cuts,
+            kinds,
         )
     }
 
@@ -364,5 +496,97 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(s.read(&mut buf).await.is_err(), "5 s after its first byte");
         assert_eq!(cuts.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_too_large_is_answered_431_never_read_and_the_rest_is_drained() {
+        let limits = HeadLimits {
+            line_max: 100,
+            head_max: 1000,
+        };
+        let (mut s, mut client, cuts, kinds) = wrapped_with(Duration::from_secs(60), limits);
+        let mut head = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: ".to_vec();
+        head.extend_from_slice(&[b'c'; 20_000]);
+        head.extend_from_slice(b"\r\n\r\n");
+        let sender = tokio::spawn(async move {
+            client.write_all(&head).await.unwrap();
+            let mut answer = Vec::new();
+            // The client reads the answer to its end (the write side is closed) ...
+            client.read_to_end(&mut answer).await.unwrap();
+            // ... and then closes, which ends the linger.
+            drop(client);
+            answer
+        });
+        let mut buf = vec![0u8; 4096];
+        let mut seen = 0;
+        let err = loop {
+            match s.read(&mut buf).await {
+                Ok(n) => seen += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        assert!(
+            err.to_string().contains("a header line is too long"),
+            "{err}"
+        );
+        assert!(seen <= 4096, "read {seen} bytes of the head past its limit");
+        let answer = sender.await.unwrap();
+        assert_eq!(answer, Oversize::HeaderLine.response());
+        assert_eq!(cuts.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            *kinds.lock().unwrap(),
+            vec![Cut::TooLarge(Oversize::HeaderLine)]
+        );
+        assert!(s.read(&mut buf).await.is_err(), "stays refused");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_keeps_sending_is_dropped_after_the_linger() {
+        let limits = HeadLimits {
+            line_max: 100,
+            head_max: 1000,
+        };
+        let (mut s, mut client, cuts, _) = wrapped_with(Duration::from_secs(60), limits);
+        client
+            .write_all(b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let reading = tokio::spawn(async move { s.read(&mut buf).await.map_err(|e| e.kind()) });
+        // The client never closes: the read fails when the linger is over, not before.
+        tokio::time::advance(LINGER - Duration::from_millis(10)).await;
+        client.write_all(b"more").await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(!reading.is_finished(), "still lingering");
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(reading.await.unwrap(), Err(std::io::ErrorKind::InvalidData));
+        assert_eq!(cuts.load(Ordering::Relaxed), 1);
+        let mut answer = vec![0u8; Oversize::RequestLine.response().len()];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, Oversize::RequestLine.response());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heads_within_the_limits_pass_and_each_head_is_measured_on_its_own() {
+        let limits = HeadLimits {
+            line_max: 100,
+            head_max: 200,
+        };
+        let (mut s, mut client, cuts, _) = wrapped_with(Duration::from_secs(60), limits);
+        let head = b"POST / HTTP/1.1\r\nA: 0123456789012345678901234567890123456789\r\n\r\n";
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..10 {
+            // Ten heads of 80 bytes: 800 in all on one connection, each within 200. A body
+            // without line ends follows the head in the same read and is not counted.
+            client.write_all(head).await.unwrap();
+            client.write_all(&[b'x'; 500]).await.unwrap();
+            let mut got = 0;
+            while got < head.len() + 500 {
+                got += s.read(&mut buf).await.unwrap();
+            }
+            s.request_done();
+        }
+        assert_eq!(cuts.load(Ordering::Relaxed), 0);
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! - [`gate`]: a Pingora app wrapper every client connection passes once (connection counts,
 //!   the head deadline), below HTTP and on every listener of the proxy service;
-//! - [`head_deadline`]: the client stream with one deadline for the whole request head;
+//! - [`head_deadline`]: the client stream with one deadline for the whole request head, and the
+//!   head size limit applied to it;
+//! - [`head_size`]: `large_client_header_buffers`, the size rule over a head's bytes;
 //! - [`conn_count`]: open connections in total and per client address;
 //! - [`body`]: the body-size rule, applied on the request path (`proxy::edge`).
 //!
@@ -14,6 +16,7 @@ pub mod body;
 pub mod conn_count;
 pub mod gate;
 pub mod head_deadline;
+pub mod head_size;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -38,11 +41,56 @@ pub enum MaxConnections {
     At(usize),
 }
 
+/// `large_client_header_buffers number size`: as in nginx, a request line or header line must fit
+/// one buffer of `size` bytes, and the head all `number` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderBuffers {
+    pub number: u32,
+    pub size: u32,
+}
+
+/// Pingora refuses a head of more than this (`MAX_HEADER_SIZE`, 1 MiB - 1) with a bare 400;
+/// keeping under it means a head of the configured maximum (`1m` in all) gets the 431.
+const PINGORA_MAX_HEAD: usize = 1_048_575;
+
+impl HeaderBuffers {
+    pub fn limits(self) -> head_size::HeadLimits {
+        head_size::HeadLimits {
+            line_max: self.size as usize,
+            head_max: (self.number as usize * self.size as usize).min(PINGORA_MAX_HEAD),
+        }
+    }
+}
+
+impl Default for HeaderBuffers {
+    /// nginx's default, `4 8k`.
+    fn default() -> Self {
+        Self {
+            number: 4,
+            size: 8 << 10,
+        }
+    }
+}
+
+impl std::fmt::Display for HeaderBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}",
+            self.number,
+            crate::config::size::format(u64::from(self.size))
+        )
+    }
+}
+
 /// Validated `[limits]`.
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
     /// The whole request head must arrive within this (nginx `client_header_timeout`, 60s).
     pub client_header_timeout: Duration,
+    /// The largest request line, header line and head (nginx `large_client_header_buffers`,
+    /// `4 8k`).
+    pub header_buffers: HeaderBuffers,
     /// Largest request body in bytes, 0 = no limit (nginx `client_max_body_size`, 1m).
     pub client_max_body_size: u64,
     pub max_connections: MaxConnections,
@@ -55,6 +103,7 @@ impl Default for LimitSettings {
     fn default() -> Self {
         Self {
             client_header_timeout: Duration::from_secs(60),
+            header_buffers: HeaderBuffers::default(),
             client_max_body_size: 1 << 20,
             max_connections: MaxConnections::Auto,
             max_connections_per_ip: 0,
@@ -128,9 +177,10 @@ impl Limits {
             n => n.to_string(),
         };
         format!(
-            "limits: client_header_timeout {}, client_max_body_size {body}, max_connections {conns}, \
-             max_connections_per_ip {per_ip}",
-            crate::config::duration::format(self.settings.client_header_timeout)
+            "limits: client_header_timeout {}, large_client_header_buffers {}, client_max_body_size {body}, \
+             max_connections {conns}, max_connections_per_ip {per_ip}",
+            crate::config::duration::format(self.settings.client_header_timeout),
+            self.settings.header_buffers
         )
     }
 }

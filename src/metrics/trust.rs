@@ -4,7 +4,7 @@
 //! | metric | type | labels |
 //! | --- | --- | --- |
 //! | `graysplit_client_connections` | gauge | — open client connections, all listeners |
-//! | `graysplit_client_limit_hits_total` | counter | `limit` (`client_header_timeout`, `client_max_body_size`, `max_connections`, `max_connections_per_ip`) |
+//! | `graysplit_client_limit_hits_total` | counter | `limit` (`client_header_timeout`, `large_client_header_buffers`, `client_max_body_size`, `max_connections`, `max_connections_per_ip`) |
 //! | `graysplit_user_header_ignored_total` | counter | — `gray.user_header` sent by a peer outside `trusted_proxies` (ignored and removed) |
 //! | `graysplit_user_tokens_total` | counter | `result` (`verified`, `cached`, or why it was refused: [`TokenCheck`]) |
 //!
@@ -18,14 +18,16 @@ use crate::gray::jwt::TokenCheck;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     ClientHeaderTimeout,
+    LargeClientHeaderBuffers,
     ClientMaxBodySize,
     MaxConnections,
     MaxConnectionsPerIp,
 }
 
 impl Limit {
-    const ALL: [Limit; 4] = [
+    const ALL: [Limit; 5] = [
         Limit::ClientHeaderTimeout,
+        Limit::LargeClientHeaderBuffers,
         Limit::ClientMaxBodySize,
         Limit::MaxConnections,
         Limit::MaxConnectionsPerIp,
@@ -34,6 +36,7 @@ impl Limit {
     pub fn label(self) -> &'static str {
         match self {
             Limit::ClientHeaderTimeout => "client_header_timeout",
+            Limit::LargeClientHeaderBuffers => "large_client_header_buffers",
             Limit::ClientMaxBodySize => "client_max_body_size",
             Limit::MaxConnections => "max_connections",
             Limit::MaxConnectionsPerIp => "max_connections_per_ip",
@@ -43,7 +46,7 @@ impl Limit {
 
 pub struct TrustMetrics {
     connections: IntGauge,
-    limit_hits: [IntCounter; 4],
+    limit_hits: [IntCounter; 5],
     user_header_ignored: IntCounter,
     tokens: Vec<IntCounter>,
 }
