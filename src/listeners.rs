@@ -25,7 +25,7 @@ use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{ListenerConfig, Listeners, PreTlsProcess, TcpSocketOptions};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
-use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::l4::stream::{L4BufferSettings, Stream as L4Stream};
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -188,6 +188,18 @@ impl Edge {
     }
 }
 
+/// A plain connection's buffers: no read buffer, Pingora's 1,460-byte write buffer.
+///
+/// Pingora gives every accepted connection a 64 KiB read buffer, zero-filled when it is
+/// allocated (tokio's `BufReader`), in front of reads that are its own 4 KiB-and-growing head
+/// buffer or a body chunk: 500 keep-alive connections hold 32 MiB of it for bytes that are
+/// copied twice. Unbuffered, a read lands where Pingora wants it (tokio's `BufReader` passes a
+/// read through when it has nothing buffered and a capacity of 0). TLS listeners keep Pingora's
+/// default: there the TLS library reads records through it.
+fn plain_buffers() -> L4BufferSettings {
+    L4BufferSettings::default().read(0)
+}
+
 /// The socket options of a listener (IPv6: `IPV6_V6ONLY` as configured).
 fn socket_options(l: &Listener) -> Option<TcpSocketOptions> {
     l.addr.is_ipv6().then(|| {
@@ -206,6 +218,9 @@ pub fn add_endpoints(
 ) -> Result<(), String> {
     for l in table.all() {
         let mut config = ListenerConfig::tcp(l.addr.to_string());
+        if !l.tls {
+            config = config.l4_buffer(plain_buffers());
+        }
         if let Some(opts) = socket_options(l) {
             config = config.tcp_socket_options(opts);
         }
