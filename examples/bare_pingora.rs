@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use clap::Parser;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
+use pingora::listeners::ListenerConfig;
 use pingora::prelude::HttpPeer;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -45,6 +47,21 @@ struct Args {
     /// instead of Pingora's one service on a `threads`-thread runtime.
     #[arg(long)]
     per_core: bool,
+    /// Read client connections without Pingora's 64 KiB read buffer, as graysplit's plain
+    /// listeners do (`L4BufferSettings` read 0): the floor for the same listener setting.
+    #[arg(long)]
+    unbuffered: bool,
+}
+
+/// The listening endpoint, with Pingora's default buffers or (`--unbuffered`) none for reads.
+fn listen<A>(service: &mut pingora::services::listening::Service<A>, args: &Args) {
+    if args.unbuffered {
+        service.add_listener(
+            ListenerConfig::tcp(args.listen.clone()).l4_buffer(L4BufferSettings::default().read(0)),
+        );
+    } else {
+        service.add_tcp(&args.listen);
+    }
 }
 
 struct Bare(Arc<LoadBalancer<RoundRobin>>);
@@ -107,7 +124,7 @@ fn main() {
                 &format!("bare {i}"),
             );
             proxy.threads = Some(1);
-            proxy.add_tcp(&args.listen);
+            listen(&mut proxy, &args);
             server.add_service(graysplit::per_core::PerCore::new(
                 proxy,
                 vec![spec.clone()],
@@ -116,7 +133,7 @@ fn main() {
         }
     } else {
         let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare(lb));
-        proxy.add_tcp(&args.listen);
+        listen(&mut proxy, &args);
         server.add_service(proxy);
     }
     server.run_forever();
