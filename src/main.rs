@@ -9,7 +9,9 @@ use graysplit::app::{self, RunOptions};
 use graysplit::config::Config;
 use graysplit::demo::{self, DemoOptions};
 
-// See Cargo.toml: measured, not assumed (bench/README.md, "Profile").
+// See Cargo.toml: measured, not assumed (bench/README.md, "Profile"). The `system-alloc`
+// feature builds with the C library's malloc instead, so heap profilers (heaptrack) see it.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
