@@ -11,6 +11,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use clap::Parser;
@@ -51,6 +52,11 @@ struct Args {
     /// listeners do (`L4BufferSettings` read 0): the floor for the same listener setting.
     #[arg(long)]
     unbuffered: bool,
+    /// Set the timeouts graysplit ships with (and nginx has in some form): upstream connect 1 s,
+    /// read and write 30 s, idle pooled connections 60 s, client keep-alive 65 s. Pingora arms a
+    /// timer for each read and write that has one; without this flag the bare proxy has none.
+    #[arg(long)]
+    timeouts: bool,
 }
 
 /// The listening endpoint, with Pingora's default buffers or (`--unbuffered`) none for reads.
@@ -64,7 +70,10 @@ fn listen<A>(service: &mut pingora::services::listening::Service<A>, args: &Args
     }
 }
 
-struct Bare(Arc<LoadBalancer<RoundRobin>>);
+struct Bare {
+    lb: Arc<LoadBalancer<RoundRobin>>,
+    timeouts: bool,
+}
 
 #[async_trait]
 impl ProxyHttp for Bare {
@@ -72,12 +81,26 @@ impl ProxyHttp for Bare {
 
     fn new_ctx(&self) {}
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<()> {
+        if self.timeouts && session.get_keepalive().is_some() {
+            session.set_keepalive(Some(65));
+        }
+        Ok(())
+    }
+
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let upstream = self
-            .0
+            .lb
             .select(b"", 256)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no upstream"))?;
-        Ok(Box::new(HttpPeer::new(upstream, false, String::new())))
+        let mut peer = HttpPeer::new(upstream, false, String::new());
+        if self.timeouts {
+            peer.options.connection_timeout = Some(Duration::from_secs(1));
+            peer.options.read_timeout = Some(Duration::from_secs(30));
+            peer.options.write_timeout = Some(Duration::from_secs(30));
+            peer.options.idle_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
     }
 }
 
@@ -120,7 +143,10 @@ fn main() {
         for i in 0..args.threads.max(1) {
             let mut proxy = pingora::proxy::http_proxy_service_with_name(
                 &per_thread,
-                Bare(lb.clone()),
+                Bare {
+                    lb: lb.clone(),
+                    timeouts: args.timeouts,
+                },
                 &format!("bare {i}"),
             );
             proxy.threads = Some(1);
@@ -132,7 +158,11 @@ fn main() {
             ));
         }
     } else {
-        let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare(lb));
+        let bare = Bare {
+            lb,
+            timeouts: args.timeouts,
+        };
+        let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, bare);
         listen(&mut proxy, &args);
         server.add_service(proxy);
     }
