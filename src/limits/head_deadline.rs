@@ -92,9 +92,8 @@ pub struct HeadDeadline {
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,
     state: AtomicU8,
-    /// Bytes read since the deadline was armed: 0 means an idle connection, not a slow head.
-    read_since_armed: usize,
-    /// The head being read, against `large_client_header_buffers`.
+    /// The head being read, against `large_client_header_buffers`. It is reset whenever the
+    /// deadline is armed, so "nothing fed" also means an idle connection, not a slow head.
     scan: HeadScan,
     lingered: usize,
     ended: Option<Ended>,
@@ -110,7 +109,6 @@ impl HeadDeadline {
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             state: AtomicU8::new(ARMED),
-            read_since_armed: 0,
             scan: HeadScan::new(limits),
             lingered: 0,
             ended: None,
@@ -164,7 +162,7 @@ impl HeadDeadline {
     /// The deadline passed: answer 408 if part of a head came, and fail every read from now on.
     fn cut(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.ended = Some(Ended::TimedOut);
-        if self.read_since_armed > 0 {
+        if !self.scan.is_empty() {
             (self.on_cut)(Cut::Timeout);
             self.answer(cx, REQUEST_TIMEOUT, false);
         }
@@ -241,14 +239,10 @@ impl AsyncRead for HeadDeadline {
                 BETWEEN => {
                     this.state.store(ARMED, Ordering::Relaxed);
                     this.deadline.as_mut().reset(Instant::now() + this.timeout);
-                    this.read_since_armed = n;
                     this.scan.reset();
                     this.scan.feed(&buf.filled()[before..])
                 }
-                ARMED => {
-                    this.read_since_armed += n;
-                    this.scan.feed(&buf.filled()[before..])
-                }
+                ARMED => this.scan.feed(&buf.filled()[before..]),
                 // The body, or requests pipelined behind this one (Pingora's own 1 MiB cap
                 // is what bounds a pipelined head).
                 _ => Scan::Partial,
@@ -397,6 +391,12 @@ mod tests {
         head_max: 32768,
     };
 
+    /// Limits small enough for a test to break with a few hundred bytes.
+    const SMALL: HeadLimits = HeadLimits {
+        line_max: 100,
+        head_max: 1000,
+    };
+
     fn wrapped(timeout: Duration) -> (HeadDeadline, DuplexStream, Arc<AtomicUsize>) {
         let (s, client, cuts, _) = wrapped_with(timeout, LIMITS);
         (s, client, cuts)
@@ -500,11 +500,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_head_too_large_is_answered_431_never_read_and_the_rest_is_drained() {
-        let limits = HeadLimits {
-            line_max: 100,
-            head_max: 1000,
-        };
-        let (mut s, mut client, cuts, kinds) = wrapped_with(Duration::from_secs(60), limits);
+        let (mut s, mut client, cuts, kinds) = wrapped_with(Duration::from_secs(60), SMALL);
         let mut head = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: ".to_vec();
         head.extend_from_slice(&[b'c'; 20_000]);
         head.extend_from_slice(b"\r\n\r\n");
@@ -543,11 +539,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_keeps_sending_is_dropped_after_the_linger() {
-        let limits = HeadLimits {
-            line_max: 100,
-            head_max: 1000,
-        };
-        let (mut s, mut client, cuts, _) = wrapped_with(Duration::from_secs(60), limits);
+        let (mut s, mut client, cuts, _) = wrapped_with(Duration::from_secs(60), SMALL);
         client
             .write_all(b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
             .await

@@ -81,6 +81,11 @@ impl HeadScan {
         }
     }
 
+    /// Nothing of this head has arrived yet (not even an empty line).
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
     /// Starts over for the next head on the same connection.
     pub fn reset(&mut self) {
         *self = Self::new(self.limits);
