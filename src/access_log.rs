@@ -244,22 +244,9 @@ fn escaped(mut bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// An address as `Display` writes it; IPv4 (nearly every line) without the formatting
-/// machinery.
+/// An address as `Display` writes it ([`crate::ip_text`]).
 fn address(ip: IpAddr, out: &mut Vec<u8>) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                number(u64::from(octet), out);
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+    crate::ip_text::write_ip(ip, out);
 }
 
 /// `,"key":"value"` with JSON escaping (bytes outside printable ASCII as `\u00HH`), or

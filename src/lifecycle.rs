@@ -124,12 +124,19 @@ impl<A> HttpServerApp for Lingering<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    // Not `async`: the wrapped app's boxed future is handed on as it is. An `async fn` here
+    // would box a second future per request and poll through it on every wake-up.
+    fn process_new_http<'app, 'watch, 'fut>(
+        self: &'app Arc<Self>,
         session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        self.app.process_new_http(session, shutdown).await
+        shutdown: &'watch ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'fut>>
+    where
+        'app: 'fut,
+        'watch: 'fut,
+        Self: 'fut,
+    {
+        self.app.process_new_http(session, shutdown)
     }
 
     fn h2_options(&self) -> Option<H2Options> {

@@ -32,11 +32,13 @@ pub fn resolve_headers(
     trusted: &[IpNet],
     header: ClientIpHeader,
 ) -> IpAddr {
-    let forwarded_for = headers.get_all("x-forwarded-for");
+    let forwarded_for = headers.get_all(&crate::header_names::X_FORWARDED_FOR);
     let xff = forwarded_for.iter().map(http::HeaderValue::as_bytes);
     resolve_from(
         peer,
-        headers.get("x-real-ip").map(http::HeaderValue::as_bytes),
+        headers
+            .get(&crate::header_names::X_REAL_IP)
+            .map(http::HeaderValue::as_bytes),
         (forwarded_for.iter().next().is_some()).then_some(xff),
         trusted,
         header,

@@ -15,11 +15,11 @@ const SHARED_ONLY: [&str; 3] = ["public", "s-maxage", "proxy-revalidate"];
 /// Headers with which an upstream tells CDNs to cache regardless of `Cache-Control`
 /// (RFC 9213's `CDN-Cache-Control`, Cloudflare's, Fastly's / Akamai's / Varnish's
 /// `Surrogate-Control`, Akamai's `Edge-Control`): removed from private responses.
-pub const CDN_HEADERS: [&str; 4] = [
-    "cdn-cache-control",
-    "cloudflare-cdn-cache-control",
-    "surrogate-control",
-    "edge-control",
+pub static CDN_HEADERS: [http::HeaderName; 4] = [
+    http::HeaderName::from_static("cdn-cache-control"),
+    http::HeaderName::from_static("cloudflare-cdn-cache-control"),
+    http::HeaderName::from_static("surrogate-control"),
+    http::HeaderName::from_static("edge-control"),
 ];
 
 /// Splits a comma-separated header value into trimmed items, commas inside quoted strings
@@ -79,13 +79,16 @@ pub fn private<'a>(upstream: impl IntoIterator<Item = &'a str>) -> String {
 
 /// `Vary` with every name of `add` present (case-insensitive), or `None` when nothing needs to
 /// change (all present, or the upstream already varies on `*`).
-pub fn vary<'a>(existing: impl IntoIterator<Item = &'a str>, add: &[&str]) -> Option<String> {
+pub fn vary<'a, A: AsRef<str>>(
+    existing: impl IntoIterator<Item = &'a str>,
+    add: &'a [A],
+) -> Option<String> {
     let mut names: Vec<&str> = existing.into_iter().flat_map(items).collect();
     if names.contains(&"*") {
         return None;
     }
     let before = names.len();
-    for a in add {
+    for a in add.iter().map(AsRef::as_ref) {
         if !names.iter().any(|n| n.eq_ignore_ascii_case(a)) {
             names.push(a);
         }
@@ -143,6 +146,6 @@ mod tests {
             vary(["Accept-Encoding"], &["Cookie", "X-User"]),
             Some("Accept-Encoding, Cookie, X-User".into())
         );
-        assert_eq!(vary(["Origin"], &[]), None);
+        assert_eq!(vary(["Origin"], &[] as &[&str]), None);
     }
 }

@@ -52,16 +52,28 @@ fn valid_build(b: &str) -> bool {
 /// (left as it is, and then never believed across builds).
 pub fn tag(etag: &str, build: &str) -> Option<String> {
     let (weak, opaque) = split_tag(etag.trim())?;
-    Some(format!(
-        "{}\"{opaque}{MARK}{build}\"",
-        if weak { "W/" } else { "" }
-    ))
+    // Pieces pushed, not `format!`: one per tagged response.
+    let mut out = String::with_capacity(4 + opaque.len() + MARK.len() + build.len());
+    if weak {
+        out.push_str("W/");
+    }
+    out.push('"');
+    out.push_str(opaque);
+    out.push_str(MARK);
+    out.push_str(build);
+    out.push('"');
+    Some(out)
 }
 
 /// The `ETag` given to a response that has only `Last-Modified`: weak, it stands for "the copy
 /// of `build`" and lets the next request's `If-Modified-Since` be checked against the build.
 pub fn synthesized(build: &str) -> String {
-    format!("W/\"{SYNTH}{build}\"")
+    let mut out = String::with_capacity(4 + SYNTH.len() + build.len());
+    out.push_str("W/\"");
+    out.push_str(SYNTH);
+    out.push_str(build);
+    out.push('"');
+    out
 }
 
 /// One entity-tag of a request list, as graysplit reads it.

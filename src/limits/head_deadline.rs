@@ -13,9 +13,12 @@
 //!
 //! ```text
 //! accept ──► ARMED (deadline = accept + timeout) ──head_read──► IN_REQUEST ──request_done──► BETWEEN
-//!              ▲                                                                              │
-//!              └───────────── first byte of the next head (deadline = now + timeout) ─────────┘
+//!              ▲                                                    ▲                         │
+//!              │                                                    └── whole head in one read┤
+//!              └───────── first bytes of the next head, not all of it (deadline = now + timeout) ┘
 //! ```
+//!
+//! A keep-alive head that arrives in one read (almost all of them) never arms the timer.
 //!
 //! As with nginx, the idle wait before a keep-alive request is not part of it (that is the
 //! keep-alive timeout); the first request's deadline runs from accept. When the deadline passes
@@ -237,10 +240,20 @@ impl AsyncRead for HeadDeadline {
         if n > 0 {
             let scan = match this.state.load(Ordering::Relaxed) {
                 BETWEEN => {
-                    this.state.store(ARMED, Ordering::Relaxed);
-                    this.deadline.as_mut().reset(Instant::now() + this.timeout);
+                    // The next head's first bytes. The deadline is armed only if they are not
+                    // the whole head (below): most heads arrive in one read, and arming a timer
+                    // for each of them costs a clock read and a timer-wheel move per request.
                     this.scan.reset();
-                    this.scan.feed(&buf.filled()[before..])
+                    match this.scan.feed(&buf.filled()[before..]) {
+                        Scan::Partial => {
+                            this.state.store(ARMED, Ordering::Relaxed);
+                            // Polled (so registered) at the next read, which Pingora makes
+                            // since the head is not complete.
+                            this.deadline.as_mut().reset(Instant::now() + this.timeout);
+                            Scan::Partial
+                        }
+                        scan => scan,
+                    }
                 }
                 ARMED => this.scan.feed(&buf.filled()[before..]),
                 // The body, or requests pipelined behind this one (Pingora's own 1 MiB cap

@@ -103,7 +103,7 @@ fn check(glob: &str) -> Option<&'static str> {
 
 /// Classifies one request.
 pub fn classify(method: &Method, headers: &HeaderMap, path: &str, assets: &AssetPatterns) -> Kind {
-    if let Some(dest) = headers.get("sec-fetch-dest") {
+    if let Some(dest) = headers.get(&crate::header_names::SEC_FETCH_DEST) {
         return if dest.as_bytes().eq_ignore_ascii_case(b"document") {
             Kind::Page
         } else {
@@ -168,7 +168,7 @@ const NON_HTML_EXTENSIONS: [&str; 5] = ["js", "mjs", "css", "map", "wasm"];
 /// destinations, and, without `Sec-Fetch-Dest`, for `.js`/`.mjs`/`.css`/`.map`/`.wasm` paths.
 /// fetch/XHR (`empty`) and frames may legitimately get HTML, so they are never judged.
 pub fn html_is_never_right(headers: &HeaderMap, path: &str) -> bool {
-    if let Some(dest) = headers.get("sec-fetch-dest") {
+    if let Some(dest) = headers.get(&crate::header_names::SEC_FETCH_DEST) {
         let dest = dest.as_bytes();
         return NON_HTML_DESTS
             .iter()

@@ -8,11 +8,13 @@
 //! - [`cookie`]: the value's codec and HMAC (pure).
 //! - [`classify`]: page or asset (pure).
 //! - [`scope`]: what a valid pin proves, and for how long (pure).
+//! - [`issued`]: the `Set-Cookie` values issued this second, kept per thread.
 //! - [`outage`]: since when a pinned build has had no usable server (pure state).
 //! - [`Pinner`]: settings + keys: reads the request's pin, writes `Set-Cookie`.
 
 pub mod classify;
 pub mod cookie;
+pub mod issued;
 pub mod outage;
 pub mod scope;
 
@@ -111,6 +113,8 @@ pub struct Pinner {
     pub random_secret: bool,
     /// Pinned builds that requests found without a usable server (the wait for a hiccup).
     pub outages: outage::Outages,
+    /// Tells this pinner's kept `Set-Cookie` values from another's ([`issued`]).
+    id: u64,
 }
 
 impl Pinner {
@@ -140,6 +144,7 @@ impl Pinner {
             keys,
             attributes,
             random_secret,
+            id: issued::next_id(),
         }
     }
 
@@ -207,6 +212,32 @@ impl Pinner {
             cookie.push_str("; Secure");
         }
         cookie
+    }
+
+    /// The `Set-Cookie` header of a pin issued at `now` ([`Pinner::set_cookie_tls`] over TLS),
+    /// signed once per second per thread ([`issued`]).
+    pub fn set_cookie_header(
+        &self,
+        pool: &str,
+        build: &str,
+        now: u64,
+        tls: bool,
+    ) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+        let what = issued::For {
+            pinner: self.id,
+            pool,
+            build,
+            issued: now,
+            tls,
+        };
+        issued::get_or_make(what, || {
+            let cookie = if tls {
+                self.set_cookie_tls(pool, build, now)
+            } else {
+                self.set_cookie(pool, build, now)
+            };
+            http::HeaderValue::try_from(cookie)
+        })
     }
 
     /// Should a page that confirmed `pin` send it again? With `max_age` the browser's copy

@@ -169,28 +169,20 @@ impl GraySplit {
     }
 }
 
+/// A header value as text, if it is (a value that is not is left out of a merge).
+fn text(v: &http::HeaderValue) -> Option<&str> {
+    v.to_str().ok()
+}
+
 /// `private` merged into `Cache-Control`, CDN cache headers removed, `Vary` completed.
 fn make_private(resp: &mut ResponseHeader, vary: &[String]) -> pingora::Result<()> {
-    let cc = cache_control::private(
-        resp.headers
-            .get_all(CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>(),
-    );
+    // The upstream's values are read in place (no list is collected per response).
+    let cc = cache_control::private(resp.headers.get_all(CACHE_CONTROL).iter().filter_map(text));
     resp.insert_header(CACHE_CONTROL, cc)?;
-    for h in CDN_HEADERS {
+    for h in &CDN_HEADERS {
         resp.remove_header(h);
     }
-    let add: Vec<&str> = vary.iter().map(String::as_str).collect();
-    let merged = cache_control::vary(
-        resp.headers
-            .get_all(VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>(),
-        &add,
-    );
+    let merged = cache_control::vary(resp.headers.get_all(VARY).iter().filter_map(text), vary);
     if let Some(v) = merged {
         resp.insert_header(VARY, v)?;
     }

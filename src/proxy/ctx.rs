@@ -26,8 +26,9 @@ pub struct RequestCtx {
     /// The pool the decision chose (`base`, `gray`, a rule's pool): picks the headers sent
     /// upstream, even when a pass-through route sends the request to another pool.
     pub decided: Option<std::sync::Arc<str>>,
-    /// Servers already attempted for this request, so a retry picks another.
-    pub tried: Vec<SocketAddr>,
+    /// Servers already attempted for this request, so a retry picks another. Inline for the
+    /// first attempts: most requests make one, and it should not cost an allocation.
+    pub tried: smallvec::SmallVec<[SocketAddr; 2]>,
     /// The server of the current (last) attempt.
     pub server: Option<Arc<Server>>,
     /// Start of the first upstream attempt (for the upstream response time).
@@ -88,7 +89,7 @@ impl Default for RequestCtx {
             reason: "default",
             client: None,
             decided: None,
-            tried: Vec::new(),
+            tried: smallvec::SmallVec::new(),
             server: None,
             upstream_started: None,
             attempt_failed: false,

@@ -130,7 +130,12 @@ impl GraySplit {
     ) -> Option<&'r str> {
         ctx.identity
             .peer_trusted
-            .then(|| req.headers.get("x-forwarded-for")?.to_str().ok())
+            .then(|| {
+                req.headers
+                    .get(&crate::header_names::X_FORWARDED_FOR)?
+                    .to_str()
+                    .ok()
+            })
             .flatten()
     }
 

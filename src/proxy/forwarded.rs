@@ -73,11 +73,16 @@ pub fn upstream_host<'a>(
 }
 
 /// nginx's `$proxy_add_x_forwarded_for`: the client's `X-Forwarded-For` with the peer appended.
-pub fn append_forwarded_for(existing: Option<&str>, peer: IpAddr) -> String {
-    match existing.map(str::trim).filter(|s| !s.is_empty()) {
-        Some(prev) => format!("{prev}, {peer}"),
-        None => peer.to_string(),
+/// `None` for `existing` (or a blank one) gives just the peer.
+pub fn append_forwarded_for(existing: Option<&str>, peer: IpAddr) -> Vec<u8> {
+    let prev = existing.map(str::trim).filter(|s| !s.is_empty());
+    let mut out = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(prev) = prev {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
     }
+    crate::ip_text::write_ip(peer, &mut out);
+    out
 }
 
 /// A client address in its canonical form: IPv4-mapped IPv6 (`::ffff:1.2.3.4`) becomes IPv4.
@@ -170,11 +175,11 @@ mod tests {
     #[test]
     fn forwarded_for_appends_the_peer() {
         let peer: IpAddr = "10.0.0.9".parse().unwrap();
-        assert_eq!(append_forwarded_for(None, peer), "10.0.0.9");
-        assert_eq!(append_forwarded_for(Some("  "), peer), "10.0.0.9");
+        assert_eq!(append_forwarded_for(None, peer), b"10.0.0.9");
+        assert_eq!(append_forwarded_for(Some("  "), peer), b"10.0.0.9");
         assert_eq!(
             append_forwarded_for(Some("1.2.3.4, 5.6.7.8"), peer),
-            "1.2.3.4, 5.6.7.8, 10.0.0.9"
+            b"1.2.3.4, 5.6.7.8, 10.0.0.9"
         );
     }
 
@@ -231,7 +236,7 @@ mod fuzz_tests {
 
         #[test]
         fn fuzz_forwarded_for_appends_exactly_the_peer(existing in proptest::option::of("[ -~\t]{0,60}"), peer in any::<IpAddr>()) {
-            let got = append_forwarded_for(existing.as_deref(), peer);
+            let got = String::from_utf8(append_forwarded_for(existing.as_deref(), peer)).unwrap();
             let want = match existing.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
                 Some(prev) => format!("{prev}, {peer}"),
                 None => peer.to_string(),

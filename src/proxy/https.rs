@@ -157,7 +157,7 @@ impl GraySplit {
         let sent = session
             .req_header()
             .headers
-            .get("x-forwarded-proto")
+            .get(&crate::header_names::X_FORWARDED_PROTO)
             .map(HeaderValue::as_bytes);
         req.insert_header("x-forwarded-proto", forwarded_proto(sent, trusted, ctx.tls))?;
         Ok(())

@@ -378,10 +378,20 @@ impl ProxyHttp for GraySplit {
         self.forward_identity(req, ctx)?;
         if let Some(peer) = ctx.peer_ip {
             let real_ip = ctx.client.as_ref().map(|c| c.ip).unwrap_or(peer);
-            let xff = forwarded::append_forwarded_for(self.forwarded_for_to_pass(req, ctx), peer);
-            req.insert_header("x-forwarded-for", xff)?;
+            let passed = self.forwarded_for_to_pass(req, ctx);
+            let only_peer = passed.is_none_or(|p| p.trim().is_empty());
+            let xff = header_value(forwarded::append_forwarded_for(passed, peer))?;
             // Like nginx's realip module: behind a trusted proxy, X-Real-IP is the real client.
-            req.insert_header("x-real-ip", real_ip.to_string())?;
+            // Usually both name the peer alone: one value, shared (a reference count).
+            let real = if only_peer && real_ip == peer {
+                xff.clone()
+            } else {
+                let mut text = Vec::with_capacity(39);
+                crate::ip_text::write_ip(real_ip, &mut text);
+                header_value(text)?
+            };
+            req.insert_header("x-forwarded-for", xff)?;
+            req.insert_header("x-real-ip", real)?;
         }
         // Replaces whatever the client sent: only an id a trusted peer sent was kept.
         if let Some((name, id)) = self.request_id_header(ctx) {
@@ -502,6 +512,12 @@ impl ProxyHttp for GraySplit {
             log.log(&self.access_entry(session, ctx, status, build));
         }
     }
+}
+
+/// Bytes made on the request path as a header value (validated, not copied).
+fn header_value(bytes: Vec<u8>) -> Result<http::HeaderValue> {
+    http::HeaderValue::from_maybe_shared(Bytes::from(bytes))
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "forwarded header", e))
 }
 
 /// The asset-miss guard's errors (pinning.rs) are the only 404s graysplit raises itself.

@@ -302,7 +302,11 @@ impl GraySplit {
     }
 
     /// The `Set-Cookie` value this response carries, if any; records the event in `ctx`.
-    pub(super) fn pin_cookie(&self, ctx: &mut RequestCtx, status: u16) -> Option<String> {
+    pub(super) fn pin_cookie(
+        &self,
+        ctx: &mut RequestCtx,
+        status: u16,
+    ) -> Option<http::HeaderValue> {
         let pinner = &self.settings.pin;
         // A server error is not worth pinning; a miss retry served another tab's build.
         if !pinner.settings.enabled || ctx.routed || ctx.miss_retry || status >= 500 {
@@ -328,11 +332,18 @@ impl GraySplit {
         };
         ctx.pin_event = Some(event);
         self.settings.metrics.pin_set(event);
-        Some(if ctx.tls {
-            pinner.set_cookie_tls(&pool.name, build, now)
-        } else {
-            pinner.set_cookie(&pool.name, build, now)
-        })
+        match pinner.set_cookie_header(&pool.name, build, now, ctx.tls) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                // Pool and build names are validated tokens; a value that is not a header is a
+                // bug to see in the log, not a reason to fail the page.
+                log::warn!(
+                    "pin: Set-Cookie for {}/{build} is not a header value: {e}",
+                    pool.name
+                );
+                None
+            }
+        }
     }
 }
 

@@ -116,9 +116,18 @@ impl ServerHealth {
 
     /// Is the server usable given active and passive state?
     pub fn available(&self, spec: &ServerSpec) -> bool {
-        self.available_at(spec, self.now_ms())
+        // The clock is read only for a server with failures to weigh: selection asks this of
+        // every server of a pool on every request.
+        self.up.load(Ordering::Relaxed)
+            && !(self.may_be_ejected(spec) && self.ejected_at(spec, self.now_ms()))
     }
 
+    /// Has the server failed often enough that its ejection depends on the time?
+    fn may_be_ejected(&self, spec: &ServerSpec) -> bool {
+        spec.max_fails != 0 && self.fails.load(Ordering::Relaxed) >= spec.max_fails
+    }
+
+    #[cfg(test)]
     fn available_at(&self, spec: &ServerSpec, now: u64) -> bool {
         self.up.load(Ordering::Relaxed) && !self.ejected_at(spec, now)
     }
@@ -186,7 +195,7 @@ impl ServerHealth {
     }
 
     fn ejected_at(&self, spec: &ServerSpec, now: u64) -> bool {
-        if spec.max_fails == 0 || self.fails.load(Ordering::Relaxed) < spec.max_fails {
+        if !self.may_be_ejected(spec) {
             return false;
         }
         now.saturating_sub(self.checked_ms.load(Ordering::Relaxed))
@@ -220,7 +229,10 @@ impl ServerHealth {
     /// this pick is the trial that may clear the count (and, after an ejection, the only
     /// request it gets until the trial ends).
     pub fn note_picked(&self, spec: &ServerSpec) {
-        self.note_picked_at(spec, self.now_ms());
+        // No failure counted (the usual case): nothing to do, and no clock to read.
+        if self.fails.load(Ordering::Relaxed) != 0 && spec.max_fails != 0 {
+            self.note_picked_at(spec, self.now_ms());
+        }
     }
 
     fn note_picked_at(&self, spec: &ServerSpec, now: u64) {
