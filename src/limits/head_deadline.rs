@@ -485,6 +485,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_next_head_that_comes_in_one_read_never_arms_the_timer() {
+        let (mut s, mut client, cuts) = wrapped(Duration::from_secs(5));
+        let mut buf = [0u8; 64];
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 18);
+        s.head_read();
+        s.request_done();
+        let first = s.deadline.deadline();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 19);
+        assert_eq!(
+            s.deadline.deadline(),
+            first,
+            "the timer was not moved for it"
+        );
+        // Complete, so not timed: long after, the body (or the next request) still reads.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        client.write_all(b"x").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        assert_eq!(cuts.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_body_and_the_idle_wait_are_not_timed_and_the_next_head_is() {
         let (mut s, mut client, cuts) = wrapped(Duration::from_secs(5));
         let mut buf = [0u8; 64];
