@@ -831,6 +831,22 @@ async fn a_new_server_rises_on_back_to_back_checks_not_one_interval_apart() {
         &[],
     );
     wait_servers(&g, "base", 1).await;
+    // `a` rises on back-to-back checks too. Until it is up the pool has no usable server, and
+    // a server that passes into an empty pool is up after one pass (by design): `b` must come
+    // after `a` is up, or a loaded machine turns this into a test of that other rule.
+    let a_name = a.addr.to_string();
+    eventually(Duration::from_secs(10), "a up", || {
+        let a_name = a_name.clone();
+        let g = &g;
+        async move {
+            let rows = status(g).await["servers"]["server"].clone();
+            rows.as_array()?
+                .iter()
+                .any(|r| r["name"] == a_name.as_str() && r["status"] == "up")
+                .then_some(())
+        }
+    })
+    .await;
     let put = Instant::now();
     http_put(&consul, &key(BASE, &b), "").await;
     let took = until_served_by(&g, b.addr, put, Duration::from_secs(10)).await;
