@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::ip_text::write_ip;
+
 /// The most time a written line waits in the writer's buffer before it reaches the file.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
@@ -110,7 +112,7 @@ pub fn format(e: &Entry<'_>, fmt: Format, out: &mut Vec<u8>) {
     match fmt {
         Format::Combined | Format::Graysplit => {
             match e.client {
-                Some(ip) => address(ip, out),
+                Some(ip) => write_ip(ip, out),
                 None => out.push(b'-'),
             }
             out.extend_from_slice(b" - - [");
@@ -156,7 +158,7 @@ pub fn format(e: &Entry<'_>, fmt: Format, out: &mut Vec<u8>) {
             match e.client {
                 Some(ip) => {
                     out.push(b'"');
-                    address(ip, out);
+                    write_ip(ip, out);
                     out.push(b'"');
                 }
                 None => out.extend_from_slice(b"null"),
@@ -242,11 +244,6 @@ fn escaped(mut bytes: &[u8], out: &mut Vec<u8>) {
         ]);
         bytes = &bytes[run + 1..];
     }
-}
-
-/// An address as `Display` writes it ([`crate::ip_text`]).
-fn address(ip: IpAddr, out: &mut Vec<u8>) {
-    crate::ip_text::write_ip(ip, out);
 }
 
 /// `,"key":"value"` with JSON escaping (bytes outside printable ASCII as `\u00HH`), or

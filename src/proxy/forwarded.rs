@@ -72,10 +72,16 @@ pub fn upstream_host<'a>(
     host.filter(|h| !h.is_empty())
 }
 
+/// The hops an `X-Forwarded-For` names before the peer: `None` when it is absent or blank (then
+/// the upstream's list is the peer alone).
+pub fn prior_hops(existing: Option<&str>) -> Option<&str> {
+    existing.map(str::trim).filter(|s| !s.is_empty())
+}
+
 /// nginx's `$proxy_add_x_forwarded_for`: the client's `X-Forwarded-For` with the peer appended.
 /// `None` for `existing` (or a blank one) gives just the peer.
 pub fn append_forwarded_for(existing: Option<&str>, peer: IpAddr) -> Vec<u8> {
-    let prev = existing.map(str::trim).filter(|s| !s.is_empty());
+    let prev = prior_hops(existing);
     let mut out = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
     if let Some(prev) = prev {
         out.extend_from_slice(prev.as_bytes());

@@ -378,12 +378,11 @@ impl ProxyHttp for GraySplit {
         self.forward_identity(req, ctx)?;
         if let Some(peer) = ctx.peer_ip {
             let real_ip = ctx.client.as_ref().map(|c| c.ip).unwrap_or(peer);
-            let passed = self.forwarded_for_to_pass(req, ctx);
-            let only_peer = passed.is_none_or(|p| p.trim().is_empty());
+            let passed = forwarded::prior_hops(self.forwarded_for_to_pass(req, ctx));
             let xff = header_value(forwarded::append_forwarded_for(passed, peer))?;
             // Like nginx's realip module: behind a trusted proxy, X-Real-IP is the real client.
             // Usually both name the peer alone: one value, shared (a reference count).
-            let real = if only_peer && real_ip == peer {
+            let real = if passed.is_none() && real_ip == peer {
                 xff.clone()
             } else {
                 let mut text = Vec::with_capacity(39);

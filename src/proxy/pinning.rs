@@ -330,10 +330,12 @@ impl GraySplit {
             (false, Some(false)) if ctx.sticky => "repinned",
             (false, _) => return None,
         };
-        ctx.pin_event = Some(event);
-        self.settings.metrics.pin_set(event);
         match pinner.set_cookie_header(&pool.name, build, now, ctx.tls) {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                ctx.pin_event = Some(event);
+                self.settings.metrics.pin_set(event);
+                Some(v)
+            }
             Err(e) => {
                 // Pool and build names are validated tokens; a value that is not a header is a
                 // bug to see in the log, not a reason to fail the page.
