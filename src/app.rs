@@ -184,6 +184,7 @@ pub fn build(config: &Config, run: RunOptions) -> Result<App, String> {
     let settings = ProxySettings {
         upstream: config.upstream.clone(),
         keepalive_timeout: config.server.keepalive_timeout,
+        header_case: config.server.header_case,
         access_log: access_log.clone(),
         debug_headers: config.server.debug_headers.clone(),
         limits: limits.clone(),

@@ -53,6 +53,8 @@ pub struct ServerSection {
     pub grace_period: String,
     pub graceful_shutdown_timeout: String,
     pub keepalive_timeout: String,
+    /// `normalize` (common names in their usual case, others lowercase) or `preserve`.
+    pub header_case: String,
     pub access_log: bool,
     pub debug_headers: super::debug_headers::DebugHeadersValue,
     pub request_id_header: String,
@@ -70,6 +72,7 @@ impl Default for ServerSection {
             grace_period: "5s".into(),
             graceful_shutdown_timeout: "5s".into(),
             keepalive_timeout: "65s".into(),
+            header_case: "normalize".into(),
             access_log: true,
             debug_headers: Default::default(),
             request_id_header: "X-Request-Id".into(),

@@ -18,6 +18,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "grace_period",
             "graceful_shutdown_timeout",
             "keepalive_timeout",
+            "header_case",
             "access_log",
             "debug_headers",
             "request_id_header",

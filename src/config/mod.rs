@@ -115,6 +115,8 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// How HTTP/1 header names are written on both sides of the proxy.
+    pub header_case: HeaderCase,
     pub access_log: bool,
     /// The request id header (kept from trusted proxies, else generated); `None`: off.
     pub request_id_header: Option<http::HeaderName>,
@@ -131,6 +133,20 @@ pub enum Runtime {
     PerThread,
     /// Pingora's own model: one service on a `threads`-thread runtime with work stealing.
     Shared,
+}
+
+/// How graysplit writes the names of HTTP/1 headers it forwards (`server.header_case`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderCase {
+    /// Common names in their usual case (`Host`, `Content-Type`, `Set-Cookie`), others in
+    /// lowercase (`etag`, `x-forwarded-for`), as Pingora writes an HTTP/2 message to HTTP/1 and
+    /// Envoy writes every HTTP/1 header. Names are case-insensitive (RFC 9110 §5.1); keeping a
+    /// second map of the case as read costs every added header twice (`crate::proxy`). The
+    /// default.
+    Normalize,
+    /// Each name as the client or the upstream wrote it, as nginx forwards them: for a client
+    /// or upstream that compares header names case-sensitively, against the RFC.
+    Preserve,
 }
 
 /// How graysplit sets the `Host` header on proxied requests.
@@ -449,6 +465,19 @@ impl Validator<'_> {
                 &s.graceful_shutdown_timeout,
             ),
             keepalive_timeout: self.duration("server.keepalive_timeout", &s.keepalive_timeout),
+            header_case: match s.header_case.as_str() {
+                "normalize" => HeaderCase::Normalize,
+                "preserve" => HeaderCase::Preserve,
+                other => {
+                    self.error(
+                        "server.header_case",
+                        other,
+                        "must be \"normalize\" (common header names in their usual case, \
+                         others lowercase) or \"preserve\" (each name as it was written)",
+                    );
+                    HeaderCase::Normalize
+                }
+            },
             access_log: s.access_log,
             debug_headers: self.debug_headers(&s.debug_headers),
             request_id_header: self.request_id_header(&s.request_id_header),

@@ -31,6 +31,7 @@ mod caching;
 pub mod ctx;
 mod edge;
 pub mod forwarded;
+mod header_case;
 pub mod https;
 mod passive;
 mod pinning;
@@ -48,7 +49,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::config::{UpstreamConfig, BASE_POOL};
+use crate::config::{HeaderCase, UpstreamConfig, BASE_POOL};
 use crate::gray::decision::Target;
 use crate::gray::GrayEngine;
 use crate::metrics::{by_build, FailKind, Metrics};
@@ -67,6 +68,8 @@ const NO_SERVER: &str = "no usable server in pool";
 pub struct ProxySettings {
     pub upstream: UpstreamConfig,
     pub keepalive_timeout: Duration,
+    /// Whether header names keep the case they were read in (`crate::proxy::header_case`).
+    pub header_case: crate::config::HeaderCase,
     /// The access log (`None`: `server.access_log = false`); lines are written off this thread.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// Who gets `X-Graysplit-Pool` / `X-Graysplit-Reason`.
@@ -157,6 +160,9 @@ impl ProxyHttp for GraySplit {
             session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs().max(1)));
         }
         edge::head_read(session);
+        if self.settings.header_case == HeaderCase::Normalize {
+            header_case::forget_request_case(session.req_header_mut());
+        }
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -410,6 +416,9 @@ impl ProxyHttp for GraySplit {
         // never reuses one this process is about to drop (crate::lifecycle).
         if self.settings.draining.is_set() || session.is_process_shutting_down() {
             session.set_keepalive(None);
+        }
+        if self.settings.header_case == HeaderCase::Normalize {
+            header_case::forget_response_case(resp);
         }
         self.shape_response(ctx, resp)?;
         if self.show_debug_headers(ctx) {
