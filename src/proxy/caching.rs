@@ -17,11 +17,11 @@ use http::header::{
     CACHE_CONTROL, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
     LAST_MODIFIED, RANGE, SET_COOKIE, VARY,
 };
-use http::HeaderName;
-use pingora::http::{RequestHeader, ResponseHeader};
+use http::{HeaderMap, HeaderName};
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
+use super::header_edit::{self, HeaderEdit};
 use super::select;
 use super::GraySplit;
 use crate::gray::visitor;
@@ -31,8 +31,8 @@ use crate::http_cache::Decided;
 
 /// The header's value, when it is present once and is text (several copies of a validator are
 /// not something a browser sends: they are read as one unknown value).
-fn single<'h>(req: &'h RequestHeader, name: &HeaderName) -> Option<&'h str> {
-    let mut all = req.headers.get_all(name).iter();
+fn single<'h>(req: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
+    let mut all = req.get_all(name).iter();
     let first = all.next()?;
     match (all.next(), first.to_str()) {
         (None, Ok(v)) => Some(v),
@@ -40,13 +40,13 @@ fn single<'h>(req: &'h RequestHeader, name: &HeaderName) -> Option<&'h str> {
     }
 }
 
-fn apply(req: &mut RequestHeader, name: HeaderName, edit: Edit) -> pingora::Result<()> {
+fn apply(req: &mut impl HeaderEdit, name: &HeaderName, edit: Edit) -> pingora::Result<()> {
     match edit {
         Edit::Keep => {}
         Edit::Remove => {
-            req.remove_header(&name);
+            req.remove(name);
         }
-        Edit::Set(v) => req.insert_header(name, v)?,
+        Edit::Set(v) => req.insert(name, header_edit::value(v)?)?,
     }
     Ok(())
 }
@@ -56,7 +56,7 @@ impl GraySplit {
     pub(super) fn translate_validators(
         &self,
         session: &Session,
-        req: &mut RequestHeader,
+        req: &mut impl HeaderEdit,
         ctx: &RequestCtx,
     ) -> pingora::Result<()> {
         let method = &session.req_header().method;
@@ -69,13 +69,14 @@ impl GraySplit {
         let (Some(server), Some(pool)) = (&ctx.server, &ctx.pool) else {
             return Ok(());
         };
+        let headers = req.map();
         let c = Conditional {
-            if_none_match: single(req, &IF_NONE_MATCH),
-            if_modified_since: req.headers.contains_key(IF_MODIFIED_SINCE),
-            if_match: single(req, &IF_MATCH),
-            if_unmodified_since: req.headers.contains_key(IF_UNMODIFIED_SINCE),
-            if_range: single(req, &IF_RANGE),
-            range: req.headers.contains_key(RANGE),
+            if_none_match: single(headers, &IF_NONE_MATCH),
+            if_modified_since: headers.contains_key(IF_MODIFIED_SINCE),
+            if_match: single(headers, &IF_MATCH),
+            if_unmodified_since: headers.contains_key(IF_UNMODIFIED_SINCE),
+            if_range: single(headers, &IF_RANGE),
+            range: headers.contains_key(RANGE),
         };
         let conditional = c.if_none_match.is_some()
             || c.if_modified_since
@@ -106,24 +107,24 @@ impl GraySplit {
             "translated"
         };
         self.settings.metrics.conditional(outcome);
-        apply(req, IF_NONE_MATCH, edits.if_none_match)?;
-        apply(req, IF_MODIFIED_SINCE, edits.if_modified_since)?;
-        apply(req, IF_MATCH, edits.if_match)?;
-        apply(req, IF_UNMODIFIED_SINCE, edits.if_unmodified_since)?;
-        apply(req, IF_RANGE, edits.if_range)?;
-        apply(req, RANGE, edits.range)
+        apply(req, &IF_NONE_MATCH, edits.if_none_match)?;
+        apply(req, &IF_MODIFIED_SINCE, edits.if_modified_since)?;
+        apply(req, &IF_MATCH, edits.if_match)?;
+        apply(req, &IF_UNMODIFIED_SINCE, edits.if_unmodified_since)?;
+        apply(req, &IF_RANGE, edits.if_range)?;
+        apply(req, &RANGE, edits.range)
     }
 
     /// Cookies, `Cache-Control`/`Vary` and the build-tagged `ETag` of a response.
     pub(super) fn shape_response(
         &self,
         ctx: &mut RequestCtx,
-        resp: &mut ResponseHeader,
+        status: u16,
+        resp: &mut impl HeaderEdit,
     ) -> pingora::Result<()> {
-        let status = resp.status.as_u16();
         let mut cookie_set = false;
         if let Some(cookie) = self.pin_cookie(ctx, status) {
-            resp.append_header(SET_COOKIE, cookie)?;
+            resp.append(&SET_COOKIE, cookie)?;
             cookie_set = true;
         }
         let visitor = ctx
@@ -132,7 +133,7 @@ impl GraySplit {
             .filter(|_| status < 500)
             .and_then(|id| visitor::set_cookie(&self.gray.settings.visitor, id));
         if let Some(cookie) = visitor {
-            resp.append_header(SET_COOKIE, cookie)?;
+            resp.append(&SET_COOKIE, header_edit::value(cookie)?)?;
             cookie_set = true;
         }
         let policy = &self.settings.cache;
@@ -159,10 +160,10 @@ impl GraySplit {
             && ((200..300).contains(&status) || status == 304);
         if let (true, Some(server), Some(pool)) = (tag, &ctx.server, &ctx.pool) {
             let build = select::build_of(server, pool);
-            let etag = resp.headers.get(ETAG).and_then(|v| v.to_str().ok());
-            let lm = resp.headers.contains_key(LAST_MODIFIED);
+            let etag = resp.map().get(ETAG).and_then(|v| v.to_str().ok());
+            let lm = resp.map().contains_key(LAST_MODIFIED);
             if let Some(e) = validators::response_etag(etag, lm, status == 304, build) {
-                resp.insert_header(ETAG, e)?;
+                resp.insert(&ETAG, header_edit::value(e)?)?;
             }
         }
         Ok(())
@@ -175,16 +176,16 @@ fn text(v: &http::HeaderValue) -> Option<&str> {
 }
 
 /// `private` merged into `Cache-Control`, CDN cache headers removed, `Vary` completed.
-fn make_private(resp: &mut ResponseHeader, vary: &[String]) -> pingora::Result<()> {
+fn make_private(resp: &mut impl HeaderEdit, vary: &[String]) -> pingora::Result<()> {
     // The upstream's values are read in place (no list is collected per response).
-    let cc = cache_control::private(resp.headers.get_all(CACHE_CONTROL).iter().filter_map(text));
-    resp.insert_header(CACHE_CONTROL, cc)?;
+    let cc = cache_control::private(resp.map().get_all(CACHE_CONTROL).iter().filter_map(text));
+    resp.insert(&CACHE_CONTROL, header_edit::value(cc)?)?;
     for h in &CDN_HEADERS {
-        resp.remove_header(h);
+        resp.remove(h);
     }
-    let merged = cache_control::vary(resp.headers.get_all(VARY).iter().filter_map(text), vary);
+    let merged = cache_control::vary(resp.map().get_all(VARY).iter().filter_map(text), vary);
     if let Some(v) = merged {
-        resp.insert_header(VARY, v)?;
+        resp.insert(&VARY, header_edit::value(v)?)?;
     }
     Ok(())
 }

@@ -14,11 +14,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::ctx::RequestCtx;
+use super::header_edit::HeaderEdit;
 use super::GraySplit;
 use crate::gray::identity::{self, UpstreamUser};
 use crate::gray::Client;
@@ -103,7 +103,11 @@ impl GraySplit {
     }
 
     /// `gray.user_header` upstream, by where the id came from ([`identity::upstream_user`]).
-    pub(super) fn forward_identity(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    pub(super) fn forward_identity(
+        &self,
+        req: &mut impl HeaderEdit,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
         let Some(name) = &self.gray.settings.user_header else {
             return Ok(());
         };
@@ -111,10 +115,10 @@ impl GraySplit {
         match identity::upstream_user(&ctx.identity, user) {
             UpstreamUser::Keep => {}
             UpstreamUser::Remove => {
-                req.remove_header(name);
+                req.remove(name);
             }
             UpstreamUser::Set(id) => {
-                req.insert_header(name.clone(), id)?;
+                req.insert(name, super::header_edit::value(id)?)?;
             }
         }
         Ok(())
@@ -125,14 +129,13 @@ impl GraySplit {
     /// `X-Real-IP`), so a backend reading the leftmost hop is not fooled either.
     pub(super) fn forwarded_for_to_pass<'r>(
         &self,
-        req: &'r RequestHeader,
+        req: &'r http::HeaderMap,
         ctx: &RequestCtx,
     ) -> Option<&'r str> {
         ctx.identity
             .peer_trusted
             .then(|| {
-                req.headers
-                    .get(&crate::header_names::X_FORWARDED_FOR)?
+                req.get(&crate::header_names::X_FORWARDED_FOR)?
                     .to_str()
                     .ok()
             })

@@ -11,41 +11,16 @@
 //! names in their usual case (`Host`, `Content-Type`, `Set-Cookie`), the rest in lowercase
 //! (`etag`, `x-forwarded-for`). `server.header_case = "preserve"` keeps the map, as nginx does.
 
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
+
+use super::header_edit;
 
 /// Drops `req`'s case map. Kept as it is: a request whose target does not round-trip through
 /// its URI (absolute-form, CONNECT, a path that is not UTF-8), which the conversion would lose.
+/// (The upstream's answer loses its map where graysplit edits it: `header_edit::on_response_map`.)
 pub(super) fn forget_request_case(req: &mut RequestHeader) {
-    // Pingora keeps such a target beside the URI; the URI's own path and query is not it.
-    let from_uri = req.uri.path_and_query().map(|p| p.as_str().as_bytes()) == Some(req.raw_path());
-    if !req.has_case() || !req.raw_path_is_utf8() || !from_uri {
-        return;
-    }
-    let send_end_stream = req.send_end_stream();
-    // A placeholder that allocates nothing: an empty `HeaderMap`, the static "/" URI.
-    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
-    let parts = http::request::Parts::from(std::mem::replace(req, empty));
-    *req = RequestHeader::from(parts);
-    if let Some(end) = send_end_stream {
-        req.set_send_end_stream(end);
-    }
-}
-
-/// Drops `resp`'s case map; a reason phrase other than the status code's own is kept.
-pub(super) fn forget_response_case(resp: &mut ResponseHeader) {
-    if !resp.has_case() {
-        return;
-    }
-    let own_reason = resp
-        .get_reason_phrase()
-        .filter(|r| Some(*r) != resp.status.canonical_reason())
-        .map(str::to_owned);
-    let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
-    let parts = http::response::Parts::from(std::mem::replace(resp, empty));
-    *resp = ResponseHeader::from(parts);
-    if own_reason.is_some() {
-        // Cannot fail: it only stores the text.
-        let _ = resp.set_reason_phrase(own_reason.as_deref());
+    if req.has_case() && header_edit::target_round_trips(req) {
+        header_edit::on_request_map(req, |_| ());
     }
 }
 
@@ -62,25 +37,9 @@ mod tests {
         req
     }
 
-    fn response(status: u16, reason: &str, headers: &[&str]) -> ResponseHeader {
-        let mut resp = ResponseHeader::build(status, None).expect("response");
-        resp.set_reason_phrase(Some(reason)).expect("reason");
-        for h in headers {
-            let (name, value) = h.split_once(": ").expect("header");
-            resp.append_header(name.to_string(), value).expect("header");
-        }
-        resp
-    }
-
     fn request_wire(req: &RequestHeader) -> String {
         let mut buf = Vec::new();
         req.header_to_h1_wire(&mut buf);
-        String::from_utf8(buf).expect("text")
-    }
-
-    fn response_wire(resp: &ResponseHeader) -> String {
-        let mut buf = Vec::new();
-        resp.header_to_h1_wire(&mut buf);
         String::from_utf8(buf).expect("text")
     }
 
@@ -118,32 +77,5 @@ mod tests {
         forget_request_case(&mut lossy);
         assert!(lossy.has_case());
         assert_eq!(lossy.raw_path(), b"/caf\xe9");
-    }
-
-    #[test]
-    fn response_headers_status_and_own_reason_survive() {
-        let mut resp = response(
-            200,
-            "Fine",
-            &[
-                "Content-Type: text/html",
-                "ETag: \"1\"",
-                "Set-Cookie: a=1",
-                "Set-Cookie: b=2",
-            ],
-        );
-        forget_response_case(&mut resp);
-        assert!(!resp.has_case());
-        assert_eq!(resp.status.as_u16(), 200);
-        assert_eq!(resp.get_reason_phrase(), Some("Fine"));
-        assert_eq!(
-            response_wire(&resp),
-            "Content-Type: text/html\r\netag: \"1\"\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
-        );
-
-        let mut plain = response(404, "Not Found", &["Server: nginx"]);
-        forget_response_case(&mut plain);
-        assert_eq!(plain.get_reason_phrase(), Some("Not Found"));
-        assert_eq!(response_wire(&plain), "Server: nginx\r\n");
     }
 }

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::HeaderValue;
 use ipnet::IpNet;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
 use super::ctx::RequestCtx;
 use super::forwarded::host_without_port;
+use super::header_edit::HeaderEdit;
 use super::GraySplit;
+use crate::header_names::X_FORWARDED_PROTO;
 use crate::listeners::ListenerTable;
 
 /// The reason logged for a redirected request.
@@ -148,7 +150,7 @@ impl GraySplit {
     pub(super) fn set_forwarded_proto(
         &self,
         session: &Session,
-        req: &mut RequestHeader,
+        req: &mut impl HeaderEdit,
         ctx: &RequestCtx,
     ) -> Result<()> {
         let trusted = ctx.peer_ip.is_some_and(|ip| {
@@ -159,14 +161,14 @@ impl GraySplit {
             .headers
             .get(&crate::header_names::X_FORWARDED_PROTO)
             .map(HeaderValue::as_bytes);
-        req.insert_header("x-forwarded-proto", forwarded_proto(sent, trusted, ctx.tls))?;
-        Ok(())
+        let proto = forwarded_proto(sent, trusted, ctx.tls);
+        req.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto))
     }
 
     /// HSTS on answers sent over TLS (never over plain HTTP: RFC 6797 §7.2).
-    pub(super) fn add_hsts(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    pub(super) fn add_hsts(&self, resp: &mut impl HeaderEdit, ctx: &RequestCtx) -> Result<()> {
         if let (true, Some(v)) = (ctx.tls, &self.settings.https.hsts) {
-            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v.clone())?;
+            resp.insert(&http::header::STRICT_TRANSPORT_SECURITY, v.clone())?;
         }
         Ok(())
     }

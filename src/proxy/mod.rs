@@ -32,6 +32,7 @@ pub mod ctx;
 mod edge;
 pub mod forwarded;
 mod header_case;
+mod header_edit;
 pub mod https;
 mod passive;
 mod pinning;
@@ -52,6 +53,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::config::{HeaderCase, UpstreamConfig, BASE_POOL};
 use crate::gray::decision::Target;
 use crate::gray::GrayEngine;
+use crate::header_names::{X_FORWARDED_FOR, X_GRAYSPLIT_POOL, X_GRAYSPLIT_REASON, X_REAL_IP};
 use crate::metrics::{by_build, FailKind, Metrics};
 use crate::pin::Pinner;
 use crate::routes::RouteTimeouts;
@@ -59,6 +61,7 @@ use crate::upstream::in_flight::InFlight;
 use crate::upstream::pool::Pool;
 use crate::upstream::Pools;
 use ctx::RequestCtx;
+use header_edit::HeaderEdit;
 
 /// Error explanation used when a pool has no usable server.
 const NO_SERVER: &str = "no usable server in pool";
@@ -141,6 +144,95 @@ impl GraySplit {
         // Upstream keep-alive: idle pooled connections live this long (None = until closed).
         peer.options.idle_timeout = (!u.idle_timeout.is_zero()).then_some(u.idle_timeout);
         peer
+    }
+
+    /// The upstream request's headers: Host, the decision's headers, the user, X-Forwarded-For /
+    /// X-Real-IP as the seed's nginx set them, the request id, X-Forwarded-Proto, validators.
+    fn shape_upstream_request(
+        &self,
+        session: &Session,
+        req: &mut impl HeaderEdit,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        let u = &self.settings.upstream;
+        let client_host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let server = ctx.server.as_ref().map_or("", |s| s.spec.name.as_str());
+        if let Some(host) = forwarded::upstream_host(
+            u.host_header,
+            client_host,
+            session.req_header().uri.host(),
+            u.default_host.as_deref(),
+            server,
+        ) {
+            // The upstream request is a copy of the client's: when its Host already says this
+            // (a browser's `Host: shop.example`, once), there is nothing to replace.
+            let twice = req
+                .map()
+                .get_all(http::header::HOST)
+                .iter()
+                .nth(1)
+                .is_some();
+            if twice || client_host != Some(&*host) {
+                req.insert(&http::header::HOST, header_edit::value(host.into_owned())?)?;
+            }
+        }
+        // The decision travels with the request (e.g. gray → `a: 1`) so the backend gateway routes
+        // the whole chain; a client-sent copy must never choose for itself.
+        for name in self.gray.strip() {
+            req.remove(name);
+        }
+        if let Some(decided) = &ctx.decided {
+            for (name, value) in self.gray.headers_for(decided) {
+                req.insert(name, value.clone())?;
+            }
+        }
+        self.forward_identity(req, ctx)?;
+        if let Some(peer) = ctx.peer_ip {
+            let real_ip = ctx.client.as_ref().map(|c| c.ip).unwrap_or(peer);
+            let passed = forwarded::prior_hops(self.forwarded_for_to_pass(req.map(), ctx));
+            let xff = header_value(forwarded::append_forwarded_for(passed, peer))?;
+            // Like nginx's realip module: behind a trusted proxy, X-Real-IP is the real client.
+            // Usually both name the peer alone: one value, shared (a reference count).
+            let real = if passed.is_none() && real_ip == peer {
+                xff.clone()
+            } else {
+                let mut text = Vec::with_capacity(39);
+                crate::ip_text::write_ip(real_ip, &mut text);
+                header_value(text)?
+            };
+            req.insert(&X_FORWARDED_FOR, xff)?;
+            req.insert(&X_REAL_IP, real)?;
+        }
+        // Replaces whatever the client sent: only an id a trusted peer sent was kept.
+        if let Some((name, id)) = self.request_id_header(ctx) {
+            req.insert(name, header_edit::value(id)?)?;
+        }
+        self.set_forwarded_proto(session, req, ctx)?;
+        self.translate_validators(session, req, ctx)
+    }
+
+    /// The client's answer: cookies and caching (caching.rs), debug headers, request id, HSTS.
+    fn shape_client_response(
+        &self,
+        ctx: &mut RequestCtx,
+        status: u16,
+        resp: &mut impl HeaderEdit,
+    ) -> Result<()> {
+        self.shape_response(ctx, status, resp)?;
+        if self.show_debug_headers(ctx) {
+            if let Some(pool) = &ctx.pool {
+                resp.insert(&X_GRAYSPLIT_POOL, header_edit::value(pool.name.as_str())?)?;
+            }
+            resp.insert(&X_GRAYSPLIT_REASON, header_edit::value(ctx.reason)?)?;
+        }
+        if let Some((name, id)) = self.request_id_header(ctx) {
+            resp.insert(name, header_edit::value(id)?)?;
+        }
+        self.add_hsts(resp, ctx)
     }
 }
 
@@ -345,65 +437,14 @@ impl ProxyHttp for GraySplit {
         req: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let u = &self.settings.upstream;
-        let client_host = session
-            .req_header()
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok());
-        let server = ctx.server.as_ref().map_or("", |s| s.spec.name.as_str());
-        if let Some(host) = forwarded::upstream_host(
-            u.host_header,
-            client_host,
-            session.req_header().uri.host(),
-            u.default_host.as_deref(),
-            server,
-        ) {
-            // The upstream request is a copy of the client's: when its Host already says this
-            // (a browser's `Host: shop.example`, once), there is nothing to replace.
-            let twice = req
-                .headers
-                .get_all(http::header::HOST)
-                .iter()
-                .nth(1)
-                .is_some();
-            if twice || client_host != Some(&*host) {
-                req.insert_header(http::header::HOST, host.into_owned())?;
-            }
+        if self.settings.header_case == HeaderCase::Normalize && header_edit::request_is_plain(req)
+        {
+            header_edit::on_request_map(req, |parts| {
+                self.shape_upstream_request(session, &mut parts.headers, ctx)
+            })
+        } else {
+            self.shape_upstream_request(session, req, ctx)
         }
-        // The decision travels with the request (e.g. gray → `a: 1`) so the backend gateway routes
-        // the whole chain; a client-sent copy must never choose for itself.
-        for name in self.gray.strip() {
-            req.remove_header(name);
-        }
-        if let Some(decided) = &ctx.decided {
-            for (name, value) in self.gray.headers_for(decided) {
-                req.insert_header(name.clone(), value.clone())?;
-            }
-        }
-        self.forward_identity(req, ctx)?;
-        if let Some(peer) = ctx.peer_ip {
-            let real_ip = ctx.client.as_ref().map(|c| c.ip).unwrap_or(peer);
-            let passed = forwarded::prior_hops(self.forwarded_for_to_pass(req, ctx));
-            let xff = header_value(forwarded::append_forwarded_for(passed, peer))?;
-            // Like nginx's realip module: behind a trusted proxy, X-Real-IP is the real client.
-            // Usually both name the peer alone: one value, shared (a reference count).
-            let real = if passed.is_none() && real_ip == peer {
-                xff.clone()
-            } else {
-                let mut text = Vec::with_capacity(39);
-                crate::ip_text::write_ip(real_ip, &mut text);
-                header_value(text)?
-            };
-            req.insert_header("x-forwarded-for", xff)?;
-            req.insert_header("x-real-ip", real)?;
-        }
-        // Replaces whatever the client sent: only an id a trusted peer sent was kept.
-        if let Some((name, id)) = self.request_id_header(ctx) {
-            req.insert_header(name.clone(), id)?;
-        }
-        self.set_forwarded_proto(session, req, ctx)?;
-        self.translate_validators(session, req, ctx)
     }
 
     async fn response_filter(
@@ -417,21 +458,14 @@ impl ProxyHttp for GraySplit {
         if self.settings.draining.is_set() || session.is_process_shutting_down() {
             session.set_keepalive(None);
         }
+        let status = resp.status.as_u16();
         if self.settings.header_case == HeaderCase::Normalize {
-            header_case::forget_response_case(resp);
+            header_edit::on_response_map(resp, |parts| {
+                self.shape_client_response(ctx, status, &mut parts.headers)
+            })
+        } else {
+            self.shape_client_response(ctx, status, resp)
         }
-        self.shape_response(ctx, resp)?;
-        if self.show_debug_headers(ctx) {
-            if let Some(pool) = &ctx.pool {
-                resp.insert_header("x-graysplit-pool", pool.name.as_str())?;
-            }
-            resp.insert_header("x-graysplit-reason", ctx.reason)?;
-        }
-        if let Some((name, id)) = self.request_id_header(ctx) {
-            resp.insert_header(name.clone(), id)?;
-        }
-        self.add_hsts(resp, ctx)?;
-        Ok(())
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &Error) -> bool {
