@@ -55,35 +55,26 @@ impl HeaderEdit for HeaderMap {
     }
 }
 
-impl HeaderEdit for RequestHeader {
-    fn map(&self) -> &HeaderMap {
-        &self.headers
-    }
-    fn insert(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-    fn append(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
+/// Pingora's two header types have the same editing API (keeping their case maps).
+macro_rules! through_pingora {
+    ($($header:ty),*) => {$(
+        impl HeaderEdit for $header {
+            fn map(&self) -> &HeaderMap {
+                &self.headers
+            }
+            fn insert(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()> {
+                self.insert_header(name, value)
+            }
+            fn append(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    )*};
 }
-
-impl HeaderEdit for ResponseHeader {
-    fn map(&self) -> &HeaderMap {
-        &self.headers
-    }
-    fn insert(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-    fn append(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
+through_pingora!(RequestHeader, ResponseHeader);
 
 /// Whether `req`'s target is what its URI says: not absolute-form, CONNECT, or non-UTF-8, which
 /// Pingora keeps beside the URI and `http` parts cannot carry.
