@@ -2,6 +2,7 @@
 //! listener and the background watchers. No request logic lives here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::{info, warn};
 use pingora::proxy::HttpProxy;
@@ -306,6 +307,8 @@ fn proxy_app(
             linger: linger_for(config.server.grace_period),
         },
         limits,
+        // Whole seconds, at least one (what Pingora's keep-alive setting took).
+        Duration::from_secs(config.server.keepalive_timeout.as_secs().max(1)),
     ))
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::edge::{client_from, connect_from, metric, raw_get, OTHER, TRUSTED, UNTRUSTED};
 use common::eventually;
-use common::proc::Graysplit;
+use common::proc::{Graysplit, ServerOptions};
 use common::upstream::Upstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -92,6 +92,77 @@ async fn a_slowloris_is_cut_at_the_deadline_while_normal_clients_are_served() {
     assert_eq!(ok, 20, "normal clients were served meanwhile");
     assert_eq!(metric(&g, &limit_hits("client_header_timeout")).await, 1.0);
     println!("the slow client managed {managed} bytes before the cut");
+}
+
+/// One keep-alive request on `s`; the status line of its answer (read to the end of its body).
+async fn keepalive_get(s: &mut tokio::net::TcpStream) -> String {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        assert!(n > 0, "closed before the answer was complete: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .expect("a Content-Length");
+            if body.len() >= len {
+                return head.lines().next().unwrap_or_default().to_string();
+            }
+        }
+    }
+}
+
+/// `server.keepalive_timeout` is kept by graysplit's client stream wrapper, not Pingora's
+/// per-request timer: an idle keep-alive connection is closed (no answer, a plain close) once
+/// the timeout passes after its last request, and a connection reused within it stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
+    let up = Upstream::start("base");
+    let opts = ServerOptions {
+        server_extra: "keepalive_timeout = \"2s\"".into(),
+        ..ServerOptions::default()
+    };
+    let g = Graysplit::start_with(
+        &opts,
+        "[pools.base]\nfile = \"base.conf\"\n",
+        &[("base.conf", &format!("{}\n", up.line("")))],
+    );
+    let mut s = connect_from(OTHER, g.listen).await;
+    // Reused well within the timeout: the same connection answers every time.
+    for _ in 0..3 {
+        assert_eq!(keepalive_get(&mut s).await, "HTTP/1.1 200 OK");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(keepalive_get(&mut s).await, "HTTP/1.1 200 OK");
+    let idle_from = std::time::Instant::now();
+    let (rest, closed) = common::edge::read_until_closed(&mut s, Duration::from_secs(30)).await;
+    assert!(closed, "the idle connection was closed");
+    assert!(rest.is_empty(), "closed without an answer: {rest:?}");
+    // A lower bound only: a busy machine can make the close late, never early.
+    assert!(
+        idle_from.elapsed() >= Duration::from_millis(1900),
+        "closed after {:?} idle, before keepalive_timeout",
+        idle_from.elapsed()
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the connection to be given back",
+        || async { (metric(&g, "graysplit_client_connections").await == 0.0).then_some(()) },
+    )
+    .await;
 }
 
 /// Opens `n` idle connections from `from` and waits until graysplit holds `total` in all.

@@ -8,11 +8,12 @@
 //!    the connection at once, before reading a byte: a connection over the limit costs an
 //!    accept and a close, nothing more;
 //! 2. wraps an HTTP/1 stream in [`HeadDeadline`] (`client_header_timeout`,
-//!    `large_client_header_buffers`);
+//!    `large_client_header_buffers`, `keepalive_timeout`);
 //! 3. runs the wrapped app, and gives the place back when the connection ends.
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -28,13 +29,16 @@ use crate::metrics::trust::{Limit, TrustMetrics};
 pub struct Gate<A> {
     pub app: Arc<A>,
     pub limits: Arc<Limits>,
+    /// `server.keepalive_timeout`, which the HTTP/1 stream wrapper keeps.
+    pub keepalive: Duration,
 }
 
 impl<A> Gate<A> {
-    pub fn new(app: A, limits: Arc<Limits>) -> Self {
+    pub fn new(app: A, limits: Arc<Limits>, keepalive: Duration) -> Self {
         Self {
             app: Arc::new(app),
             limits,
+            keepalive,
         }
     }
 }
@@ -107,6 +111,7 @@ where
                 limits.settings.client_header_timeout,
                 limits.settings.header_buffers.limits(),
                 on_cut,
+                self.keepalive,
             ))
         } else {
             stream

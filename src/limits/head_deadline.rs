@@ -20,8 +20,14 @@
 //!
 //! A keep-alive head that arrives in one read (almost all of them) never arms the timer.
 //!
-//! As with nginx, the idle wait before a keep-alive request is not part of it (that is the
-//! keep-alive timeout); the first request's deadline runs from accept. When the deadline passes
+//! As with nginx, the idle wait before a keep-alive request is not part of it; the first
+//! request's deadline runs from accept. The idle wait has its own limit, `keepalive_timeout`,
+//! kept here too with the same timer: Pingora would otherwise arm one of its timers for every
+//! request's head read (a clock read, a lock, a map insert and a notifier each time, about 2k
+//! instructions per request: bench/README.md "Keep-alive timer"). Here a request costs one clock
+//! read when the connection goes idle; the timer moves only when it fires early (it still held
+//! an earlier head's deadline) or holds a later one. An idle connection past the timeout reads
+//! as closed by the client, which Pingora ends quietly, as its own keep-alive timer does. When the deadline passes
 //! after part of a head arrived, the client gets `408 Request Timeout` and the connection is
 //! closed; a connection that sent nothing is just closed. HTTP/2 connections are not wrapped
 //! (their streams share one connection; see [`super::gate`]; `tls.http2_max_header_list_size`
@@ -83,6 +89,8 @@ pub type OnCut = Arc<dyn Fn(Cut) + Send + Sync>;
 #[derive(Debug, Clone, Copy)]
 enum Ended {
     TimedOut,
+    /// `keepalive_timeout` passed between requests: every read is the end of the stream.
+    Idle,
     /// The answer is sent; the rest of the head is being read and dropped.
     Lingering(Oversize),
     Refused(Oversize),
@@ -101,12 +109,23 @@ pub struct HeadDeadline {
     lingered: usize,
     ended: Option<Ended>,
     on_cut: OnCut,
+    /// `server.keepalive_timeout`: how long the connection may wait for its next head.
+    keepalive: Duration,
+    /// When the current idle wait ends; `None` while a request is in or before the first wait
+    /// between requests has begun.
+    idle_until: Option<Instant>,
 }
 
 impl HeadDeadline {
-    /// Wraps a just-accepted connection; its first head must be complete within `timeout`, and
-    /// each head must keep to `limits`.
-    pub fn new(inner: Stream, timeout: Duration, limits: HeadLimits, on_cut: OnCut) -> Self {
+    /// Wraps a just-accepted connection; its first head must be complete within `timeout`, each
+    /// head must keep to `limits`, and the wait between requests may last `keepalive`.
+    pub fn new(
+        inner: Stream,
+        timeout: Duration,
+        limits: HeadLimits,
+        on_cut: OnCut,
+        keepalive: Duration,
+    ) -> Self {
         Self {
             inner,
             timeout,
@@ -116,6 +135,8 @@ impl HeadDeadline {
             lingered: 0,
             ended: None,
             on_cut,
+            keepalive,
+            idle_until: None,
         }
     }
 
@@ -137,6 +158,11 @@ impl HeadDeadline {
                     "client_header_timeout ({:?}): the request head was not complete in time",
                     self.timeout
                 ),
+            ),
+            // Never returned: an idle connection reads as closed.
+            Ended::Idle => std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "keepalive_timeout: the connection was idle",
             ),
             Ended::Lingering(over) | Ended::Refused(over) => std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -226,6 +252,7 @@ impl AsyncRead for HeadDeadline {
         match this.ended {
             None => {}
             Some(Ended::Lingering(over)) => return this.linger(over, cx),
+            Some(Ended::Idle) => return Poll::Ready(Ok(())),
             Some(ended) => return Poll::Ready(Err(this.error(ended))),
         }
         // Polling the timer also registers this task to wake when it fires, so a client that
@@ -240,6 +267,7 @@ impl AsyncRead for HeadDeadline {
         if n > 0 {
             let scan = match this.state.load(Ordering::Relaxed) {
                 BETWEEN => {
+                    this.idle_until = None;
                     // The next head's first bytes. The deadline is armed only if they are not
                     // the whole head (below): most heads arrive in one read, and arming a timer
                     // for each of them costs a clock read and a timer-wheel move per request.
@@ -271,8 +299,36 @@ impl AsyncRead for HeadDeadline {
                     return this.refuse(over, cx);
                 }
             }
+        } else if result.is_pending() && this.state.load(Ordering::Relaxed) == BETWEEN {
+            return this.idle(cx);
         }
         result
+    }
+}
+
+impl HeadDeadline {
+    /// Nothing to read between two requests: wait, for `keepalive` at most (nginx's
+    /// `keepalive_timeout`), then read as closed. The inner read registered the task for the
+    /// next byte; this registers it for the timer as well.
+    fn idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let keepalive = self.keepalive;
+        let until = *self
+            .idle_until
+            .get_or_insert_with(|| Instant::now() + keepalive);
+        if self.deadline.deadline() > until {
+            self.deadline.as_mut().reset(until);
+        }
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= until {
+                self.ended = Some(Ended::Idle);
+                return Poll::Ready(Ok(()));
+            }
+            // It held an earlier deadline (a previous head's): on to this wait's end.
+            self.deadline.as_mut().reset(until);
+        }
     }
 }
 
@@ -379,10 +435,15 @@ fn of(session: &pingora::protocols::http::ServerSession) -> Option<&HeadDeadline
     session.stream()?.as_any().downcast_ref::<HeadDeadline>()
 }
 
-/// From the first proxy phase: this request's head is complete.
-pub fn head_read(session: &pingora::protocols::http::ServerSession) {
-    if let Some(d) = of(session) {
-        d.head_read();
+/// From the first proxy phase: this request's head is complete. `true` when the connection's
+/// wait for its next request is timed here (`keepalive_timeout`), so Pingora need not time it.
+pub fn head_read(session: &pingora::protocols::http::ServerSession) -> bool {
+    match of(session) {
+        Some(d) => {
+            d.head_read();
+            true
+        }
+        None => false,
     }
 }
 
@@ -410,6 +471,9 @@ mod tests {
         head_max: 1000,
     };
 
+    /// Longer than any test waits, unless a test is about it.
+    const KEEPALIVE: Duration = Duration::from_secs(3600);
+
     fn wrapped(timeout: Duration) -> (HeadDeadline, DuplexStream, Arc<AtomicUsize>) {
         let (s, client, cuts, _) = wrapped_with(timeout, LIMITS);
         (s, client, cuts)
@@ -430,7 +494,7 @@ mod tests {
             named.lock().unwrap().push(cut);
         });
         (
-            HeadDeadline::new(Box::new(ours), timeout, limits, on_cut),
+            HeadDeadline::new(Box::new(ours), timeout, limits, on_cut, KEEPALIVE),
             theirs,
             cuts,
             kinds,
@@ -537,6 +601,66 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(s.read(&mut buf).await.is_err(), "5 s after its first byte");
         assert_eq!(cuts.load(Ordering::Relaxed), 1);
+    }
+
+    fn wrapped_keepalive(timeout: Duration, keepalive: Duration) -> (HeadDeadline, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let on_cut: OnCut = Arc::new(|_| {});
+        let s = HeadDeadline::new(Box::new(ours), timeout, LIMITS, on_cut, keepalive);
+        (s, theirs)
+    }
+
+    /// One request on a connection: its head comes, the proxy answers, the request ends.
+    async fn request(s: &mut HeadDeadline, client: &mut DuplexStream) {
+        first_head(s, client, b"GET / HTTP/1.1\r\n\r\n").await;
+        s.request_done();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_reads_as_closed_at_keepalive_timeout_after_its_last_request() {
+        // Both orders of the two timeouts: the timer then holds an earlier or a later deadline.
+        for (header_timeout, keepalive) in [(5, 10), (60, 10)] {
+            let keepalive = Duration::from_secs(keepalive);
+            let (mut s, mut client) =
+                wrapped_keepalive(Duration::from_secs(header_timeout), keepalive);
+            let mut buf = [0u8; 64];
+            // Requests 4 s apart for 20 s, twice the keep-alive timeout: never idle that long.
+            for _ in 0..5 {
+                request(&mut s, &mut client).await;
+                let next = async {
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                    client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+                };
+                let (read, ()) = tokio::join!(s.read(&mut buf), next);
+                assert_eq!(read.unwrap(), 19, "the next head, not the end");
+                s.head_read();
+                s.request_done();
+            }
+            let idle_from = Instant::now();
+            // The paused clock jumps to the next timer: the read ends exactly at the timeout.
+            assert_eq!(s.read(&mut buf).await.unwrap(), 0, "reads as closed");
+            assert_eq!(
+                idle_from.elapsed(),
+                keepalive,
+                "after {header_timeout} s heads"
+            );
+            assert_eq!(s.read(&mut buf).await.unwrap(), 0, "and stays closed");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_keepalive_timeout_does_not_cut_a_request_or_its_body() {
+        let (mut s, mut client) = wrapped_keepalive(Duration::from_secs(5), Duration::from_secs(3));
+        let mut buf = [0u8; 64];
+        first_head(&mut s, &mut client, b"POST / HTTP/1.1\r\n\r\n").await;
+        // A body read far past the keep-alive timeout: the request is not idle.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        client.write_all(b"x").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        s.request_done();
+        let idle_from = Instant::now();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(idle_from.elapsed(), Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]

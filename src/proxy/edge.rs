@@ -34,8 +34,9 @@ const LINGER_BYTES: usize = 16 << 20;
 /// The error a streamed body raises when it passes the limit (answered 413 by `fail_to_proxy`).
 const TOO_LARGE: &str = "request body larger than limits.client_max_body_size";
 
-pub(super) fn head_read(session: &Session) {
-    crate::limits::head_deadline::head_read(session.as_downstream());
+/// `true` when the connection's stream also times the wait for its next request.
+pub(super) fn head_read(session: &Session) -> bool {
+    crate::limits::head_deadline::head_read(session.as_downstream())
 }
 
 pub(super) fn request_done(session: &Session) {

@@ -245,13 +245,15 @@ impl ProxyHttp for GraySplit {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
-        // Pingora keeps idle client connections forever by default; nginx's keepalive_timeout,
-        // for connections the client keeps alive (HTTP/1.1, or 1.0 with `Connection:
-        // keep-alive`). An HTTP/1.0 probe or `Connection: close` is answered and closed.
-        if session.get_keepalive().is_some() {
+        // nginx's keepalive_timeout, for connections the client keeps alive (HTTP/1.1, or 1.0
+        // with `Connection: keep-alive`; an HTTP/1.0 probe or `Connection: close` is answered
+        // and closed). Pingora keeps them forever unless told; a connection through the gate
+        // has its idle wait timed by its stream, at a fraction of Pingora's per-request timer
+        // (limits::head_deadline), so only others (HTTP/2 streams) are timed by Pingora.
+        let timed_by_stream = edge::head_read(session);
+        if !timed_by_stream && session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs().max(1)));
         }
-        edge::head_read(session);
         if self.settings.header_case == HeaderCase::Normalize {
             header_case::forget_request_case(session.req_header_mut());
         }
