@@ -2,7 +2,6 @@
 //! listener and the background watchers. No request logic lives here.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use log::{info, warn};
 use pingora::proxy::HttpProxy;
@@ -307,8 +306,9 @@ fn proxy_app(
             linger: linger_for(config.server.grace_period),
         },
         limits,
-        // Whole seconds, at least one (what Pingora's keep-alive setting took).
-        Duration::from_secs(config.server.keepalive_timeout.as_secs().max(1)),
+        // As configured, to the millisecond (Pingora's own setting takes whole seconds); zero
+        // turns keep-alive off in `early_request_filter`, so the wrapper never waits then.
+        config.server.keepalive_timeout,
     ))
 }
 

@@ -165,6 +165,36 @@ async fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
     .await;
 }
 
+/// `keepalive_timeout = "0s"` is nginx's "keep-alive off": the answer says `Connection: close`
+/// and the connection is closed after it, though the client asked to keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_timeout_zero_turns_keep_alive_off() {
+    let up = Upstream::start("base");
+    let opts = ServerOptions {
+        server_extra: "keepalive_timeout = \"0s\"".into(),
+        ..ServerOptions::default()
+    };
+    let g = Graysplit::start_with(
+        &opts,
+        "[pools.base]\nfile = \"base.conf\"\n",
+        &[("base.conf", &format!("{}\n", up.line("")))],
+    );
+    let mut s = connect_from(OTHER, g.listen).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .expect("send");
+    let (got, closed) = common::edge::read_until_closed(&mut s, Duration::from_secs(30)).await;
+    assert!(closed, "the connection was closed after its answer");
+    let text = String::from_utf8_lossy(&got);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 200"), "answered: {head}");
+    assert!(
+        head.lines()
+            .any(|l| l.eq_ignore_ascii_case("connection: close")),
+        "the answer says the connection closes: {head}"
+    );
+}
+
 /// Opens `n` idle connections from `from` and waits until graysplit holds `total` in all.
 async fn hold(g: &Graysplit, from: [u8; 4], n: usize, total: f64) -> Vec<tokio::net::TcpStream> {
     let mut held = Vec::new();

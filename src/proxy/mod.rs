@@ -251,7 +251,11 @@ impl ProxyHttp for GraySplit {
         // has its idle wait timed by its stream, at a fraction of Pingora's per-request timer
         // (limits::head_deadline), so only others (HTTP/2 streams) are timed by Pingora.
         let timed_by_stream = edge::head_read(session);
-        if !timed_by_stream && session.get_keepalive().is_some() {
+        if self.settings.keepalive_timeout.is_zero() {
+            // nginx's `keepalive_timeout 0`: keep-alive off, every answer says
+            // `Connection: close` and closes its connection.
+            session.set_keepalive(None);
+        } else if !timed_by_stream && session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs().max(1)));
         }
         if self.settings.header_case == HeaderCase::Normalize {
