@@ -197,6 +197,17 @@ fn is_hash(h: &[u8]) -> bool {
         && h.iter().any(u8::is_ascii_alphabetic)
 }
 
+/// Can `p` match at the start of `s`, judged by its first byte alone? False only when `p`
+/// starts with a literal byte that `s` does not start with: a `*` then tries only the positions
+/// of that byte (`*.*` on `index.html` one position, not eleven), on every request's path.
+fn can_start(p: &[u8], s: &[u8]) -> bool {
+    match p.first() {
+        None | Some(b'*' | b'?') => true,
+        Some(b'[') if p.starts_with(HASH_TOKEN) => true,
+        Some(c) => s.first() == Some(c),
+    }
+}
+
 /// Glob match: `*` within a segment, `**` across segments, `?` one non-'/' byte, `[hash]` a
 /// content hash ([`is_hash`]).
 fn glob(p: &[u8], s: &[u8]) -> bool {
@@ -214,12 +225,12 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
         }
         Some(b'*') if p.get(1) == Some(&b'*') => {
             let rest = &p[2..];
-            (0..=s.len()).any(|i| glob(rest, &s[i..]))
+            (0..=s.len()).any(|i| can_start(rest, &s[i..]) && glob(rest, &s[i..]))
         }
         Some(b'*') => {
             let rest = &p[1..];
             let seg = s.iter().position(|&b| b == b'/').unwrap_or(s.len());
-            (0..=seg).any(|i| glob(rest, &s[i..]))
+            (0..=seg).any(|i| can_start(rest, &s[i..]) && glob(rest, &s[i..]))
         }
         Some(b'?') => s.first().is_some_and(|&b| b != b'/') && glob(&p[1..], &s[1..]),
         Some(&c) => s.first() == Some(&c) && glob(&p[1..], &s[1..]),
@@ -397,6 +408,27 @@ mod tests {
         ] {
             assert!(!a.matches(plain), "{plain}");
         }
+    }
+
+    /// A `*` tries only the positions where the literal after it occurs: a later occurrence
+    /// still matches when an earlier one does not (and a `*` never crosses a '/').
+    #[test]
+    fn a_star_tries_every_occurrence_of_the_literal_after_it() {
+        let js = AssetPatterns::new(&["*.js"]).unwrap();
+        assert!(js.matches("/a.b.c.js"), "the last of three dots");
+        assert!(!js.matches("/a.js.map"));
+        let min = AssetPatterns::new(&["*.min.js"]).unwrap();
+        assert!(min.matches("/x.min.min.js") && min.matches("/.min.js"));
+        assert!(!min.matches("/x.min.jsx"));
+        let hashed = AssetPatterns::new(&["*.[hash].*"]).unwrap();
+        assert!(
+            hashed.matches("/chunk.vendors.3f2a1b9c.js"),
+            "the hash after the second dot"
+        );
+        let deep = AssetPatterns::new(&["/static/**.map"]).unwrap();
+        assert!(deep.matches("/static/a.b/c.map") && !deep.matches("/static/a.map/c"));
+        let seg = AssetPatterns::new(&["/a/*x"]).unwrap();
+        assert!(seg.matches("/a/bxx") && !seg.matches("/a/x/b"));
     }
 
     #[test]
