@@ -125,21 +125,26 @@ async fn keepalive_get(s: &mut tokio::net::TcpStream) -> String {
     }
 }
 
+/// graysplit in front of `up` alone, with `server.keepalive_timeout = timeout`.
+fn with_keepalive_timeout(up: &Upstream, timeout: &str) -> Graysplit {
+    let opts = ServerOptions {
+        server_extra: format!("keepalive_timeout = \"{timeout}\""),
+        ..ServerOptions::default()
+    };
+    Graysplit::start_with(
+        &opts,
+        "[pools.base]\nfile = \"base.conf\"\n",
+        &[("base.conf", &format!("{}\n", up.line("")))],
+    )
+}
+
 /// `server.keepalive_timeout` is kept by graysplit's client stream wrapper, not Pingora's
 /// per-request timer: an idle keep-alive connection is closed (no answer, a plain close) once
 /// the timeout passes after its last request, and a connection reused within it stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
     let up = Upstream::start("base");
-    let opts = ServerOptions {
-        server_extra: "keepalive_timeout = \"2s\"".into(),
-        ..ServerOptions::default()
-    };
-    let g = Graysplit::start_with(
-        &opts,
-        "[pools.base]\nfile = \"base.conf\"\n",
-        &[("base.conf", &format!("{}\n", up.line("")))],
-    );
+    let g = with_keepalive_timeout(&up, "2s");
     let mut s = connect_from(OTHER, g.listen).await;
     // Reused well within the timeout: the same connection answers every time.
     for _ in 0..3 {
@@ -170,15 +175,7 @@ async fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_timeout_zero_turns_keep_alive_off() {
     let up = Upstream::start("base");
-    let opts = ServerOptions {
-        server_extra: "keepalive_timeout = \"0s\"".into(),
-        ..ServerOptions::default()
-    };
-    let g = Graysplit::start_with(
-        &opts,
-        "[pools.base]\nfile = \"base.conf\"\n",
-        &[("base.conf", &format!("{}\n", up.line("")))],
-    );
+    let g = with_keepalive_timeout(&up, "0s");
     let mut s = connect_from(OTHER, g.listen).await;
     s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: keep-alive\r\n\r\n")
         .await
