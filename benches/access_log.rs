@@ -32,7 +32,7 @@ fn entry(now: SystemTime, i: usize) -> Entry<'static> {
         pin: "-",
         tries: 1,
         request_time: Duration::from_micros(900),
-        request_id: Some("5f1c0a3e9b2d4c7a93e0c4d1b6f2a8e5"),
+        request_id: Some(b"5f1c0a3e9b2d4c7a93e0c4d1b6f2a8e5"),
     }
 }
 

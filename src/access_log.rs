@@ -88,10 +88,12 @@ pub struct Entry<'a> {
     /// The client as the decision saw it (trusted proxies honoured), else the peer.
     pub client: Option<IpAddr>,
     pub time: SystemTime,
+    /// An HTTP token (`http::Method` holds nothing else): written as is.
     pub method: &'a str,
     /// Path and query as requested.
     pub uri: &'a str,
-    pub version: &'a str,
+    /// One of graysplit's own texts (`HTTP/1.1`, …): written as is.
+    pub version: &'static str,
     /// 0 when no response was sent (the client left).
     pub status: u16,
     pub body_bytes: usize,
@@ -100,11 +102,13 @@ pub struct Entry<'a> {
     pub pool: &'a str,
     pub build: &'a str,
     pub server: &'a str,
-    pub reason: &'a str,
-    pub pin: &'a str,
+    /// Graysplit's own words (decision reasons, pin events): written as is.
+    pub reason: &'static str,
+    pub pin: &'static str,
     pub tries: usize,
     pub request_time: Duration,
-    pub request_id: Option<&'a str>,
+    /// Checked plain (`proxy::request_id::acceptable`) or made of hex digits: written as is.
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// Appends `e` as one line (with its `\n`) to `out`.
@@ -118,11 +122,13 @@ pub fn format(e: &Entry<'_>, fmt: Format, out: &mut Vec<u8>) {
             out.extend_from_slice(b" - - [");
             clf_time(e.time, out);
             out.extend_from_slice(b"] \"");
-            escaped(e.method.as_bytes(), out);
+            // A method is an HTTP token (the `http` crate refuses anything else) and the version
+            // one of graysplit's own texts: nothing in them needs escaping.
+            out.extend_from_slice(e.method.as_bytes());
             out.push(b' ');
             escaped(e.uri.as_bytes(), out);
             out.push(b' ');
-            escaped(e.version.as_bytes(), out);
+            out.extend_from_slice(e.version.as_bytes());
             out.extend_from_slice(b"\" ");
             number(u64::from(e.status), out);
             out.push(b' ');
@@ -133,22 +139,27 @@ pub fn format(e: &Entry<'_>, fmt: Format, out: &mut Vec<u8>) {
             escaped(e.user_agent.unwrap_or(b"-"), out);
             out.push(b'"');
             if fmt == Format::Graysplit {
+                // Names from the configuration and Consul are escaped; the reason and the pin
+                // event are graysplit's own words, and a request id is checked to be plain
+                // (`proxy::request_id::acceptable`), so those are copied as they are.
                 for (k, v) in [
                     (" pool=", e.pool),
                     (" build=", e.build),
                     (" server=", e.server),
-                    (" reason=", e.reason),
-                    (" pin=", e.pin),
                 ] {
                     out.extend_from_slice(k.as_bytes());
                     escaped(v.as_bytes(), out);
                 }
+                out.extend_from_slice(b" reason=");
+                out.extend_from_slice(e.reason.as_bytes());
+                out.extend_from_slice(b" pin=");
+                out.extend_from_slice(e.pin.as_bytes());
                 out.extend_from_slice(b" tries=");
                 number(e.tries as u64, out);
                 out.extend_from_slice(b" rt=");
                 seconds(e.request_time, out);
                 out.extend_from_slice(b" id=");
-                escaped(e.request_id.unwrap_or("-").as_bytes(), out);
+                out.extend_from_slice(e.request_id.unwrap_or(b"-"));
             }
         }
         Format::Json => {
@@ -189,7 +200,7 @@ pub fn format(e: &Entry<'_>, fmt: Format, out: &mut Vec<u8>) {
             number(e.tries as u64, out);
             out.extend_from_slice(b",\"request_time\":");
             seconds(e.request_time, out);
-            json_field("request_id", e.request_id.map(str::as_bytes), out);
+            json_field("request_id", e.request_id, out);
             out.push(b'}');
         }
     }
@@ -760,7 +771,7 @@ mod tests {
             pin: "-",
             tries: 1,
             request_time: Duration::from_millis(3),
-            request_id: Some("abc"),
+            request_id: Some(b"abc"),
         }
     }
 
@@ -787,6 +798,22 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_method_cannot_hold_what_the_log_would_escape() {
+        // The combined line writes the method unescaped because `http::Method` is a token.
+        for bad in [
+            &b"GE\"T"[..],
+            b"GE\\T",
+            b"GE T",
+            b"GE\nT",
+            b"GE\x7fT",
+            "GÉT".as_bytes(),
+        ] {
+            assert!(http::Method::from_bytes(bad).is_err(), "{bad:?}");
+        }
+        assert!(http::Method::from_bytes(b"PURGE").is_ok());
     }
 
     #[test]

@@ -130,13 +130,25 @@ fn read_tag(whole: &str) -> Tag<'_> {
             original: None,
         };
     }
-    match opaque.rsplit_once(MARK) {
+    match rsplit_mark(opaque) {
         Some((orig, build)) if valid_build(build) => Tag::Ours {
             build,
             original: Some(format!("{}\"{orig}\"", if weak { "W/" } else { "" })),
         },
         _ => Tag::Untagged(whole),
     }
+}
+
+/// `opaque` split at its last [`MARK`]. A scan of the few bytes of a tag: `str::rsplit_once`'s
+/// substring searcher costs more to set up than this search, and it runs on every response.
+fn rsplit_mark(opaque: &str) -> Option<(&str, &str)> {
+    let mark = MARK.as_bytes();
+    let at = opaque
+        .as_bytes()
+        .windows(mark.len())
+        .rposition(|w| w == mark)?;
+    // MARK is ASCII, so both ends are character boundaries.
+    Some((&opaque[..at], &opaque[at + mark.len()..]))
 }
 
 /// The conditional headers of a request (values as sent; dates only by presence).
@@ -315,6 +327,22 @@ mod tests {
             if_none_match: Some(v),
             if_modified_since: true,
             ..Conditional::default()
+        }
+    }
+
+    #[test]
+    fn the_mark_is_found_where_rsplit_once_finds_it() {
+        for t in [
+            "",
+            ":gs=",
+            "a:gs=b",
+            "a:gs=b:gs=c",
+            "abc",
+            ":gs",
+            "gs=:gs=x",
+            "é:gs=ü",
+        ] {
+            assert_eq!(rsplit_mark(t), t.rsplit_once(MARK), "{t:?}");
         }
     }
 

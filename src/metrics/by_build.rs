@@ -73,7 +73,10 @@ impl Handles {
     }
 }
 
-type Map = HashMap<String, HashMap<String, Arc<Handles>>>;
+/// Keys are configured pool and build names, not client input, so the hash need not resist
+/// flooding: foldhash instead of SipHash (the lookup runs once per request).
+type Hasher = foldhash::fast::RandomState;
+type Map = HashMap<String, HashMap<String, Arc<Handles>, Hasher>, Hasher>;
 
 /// The per-build families and their handles.
 pub struct ByBuild {
@@ -103,7 +106,7 @@ impl ByBuild {
             requests,
             upstream,
             failures,
-            map: ArcSwap::from_pointee(Map::new()),
+            map: ArcSwap::from_pointee(Map::default()),
             grow: Mutex::new(()),
         }
     }
@@ -178,7 +181,7 @@ impl ByBuild {
     pub fn prune(&self, configured: impl Fn(&str, &str) -> bool) {
         let _writer = self.grow.lock();
         let current = self.map.load_full();
-        let mut next = Map::new();
+        let mut next = Map::default();
         let mut dropped = Vec::new();
         for (pool, builds) in current.iter() {
             for (build, h) in builds {

@@ -41,6 +41,82 @@ struct Rule {
     /// Contains '/': matched against the whole path.
     anchored: bool,
     glob: String,
+    shape: Shape,
+}
+
+/// A pattern of the common shapes, matched without the glob machinery (every request is
+/// classified, and the defaults are of these shapes: `*.*`, `*.html`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    /// `*lit` on a segment: the segment ends with `lit`.
+    Suffix(String),
+    /// `*lit*` on a segment: the segment contains `lit` (never empty: `*` alone is a suffix).
+    Contains(String),
+    /// Anything else: [`glob`], after a check that the subject has the pattern's literal bytes
+    /// (up to [`NEEDS`] of them, each as often as the pattern has it): a path with fewer cannot
+    /// match, and most paths fail here in one short scan (`*.[hash].*` on `index.html`).
+    Glob(Vec<(u8, usize)>),
+}
+
+/// Literal bytes a [`Shape::Glob`] checks before matching.
+const NEEDS: usize = 3;
+
+/// The literal bytes of `glob` (not `*`, `?` or `[hash]`) with how often each occurs.
+fn literal_needs(glob: &str) -> Vec<(u8, usize)> {
+    let mut p = glob.as_bytes();
+    let mut needs: Vec<(u8, usize)> = Vec::new();
+    while let Some(&c) = p.first() {
+        if p.starts_with(HASH_TOKEN) {
+            p = &p[HASH_TOKEN.len()..];
+            continue;
+        }
+        p = &p[1..];
+        if c == b'*' || c == b'?' {
+            continue;
+        }
+        if let Some(need) = needs.iter_mut().find(|(b, _)| *b == c) {
+            need.1 += 1;
+        } else if needs.len() < NEEDS {
+            needs.push((c, 1));
+        }
+    }
+    needs
+}
+
+impl Shape {
+    fn of(glob: &str, anchored: bool) -> Shape {
+        let plain = |t: &str| !t.is_empty() && !t.bytes().any(|b| matches!(b, b'*' | b'?' | b'['));
+        // A segment pattern meets a subject without '/', where a single `*` is any text.
+        let Some(rest) = glob.strip_prefix('*').filter(|_| !anchored) else {
+            return Shape::Glob(literal_needs(glob));
+        };
+        if rest.is_empty() || plain(rest) {
+            return Shape::Suffix(rest.to_string());
+        }
+        match rest.strip_suffix('*') {
+            Some(mid) if plain(mid) => Shape::Contains(mid.to_string()),
+            _ => Shape::Glob(literal_needs(glob)),
+        }
+    }
+
+    fn matches(&self, glob_text: &str, subject: &str) -> bool {
+        match self {
+            Shape::Suffix(lit) => subject.ends_with(lit.as_str()),
+            // A plain scan: the subject is one short segment, where `str::contains`'s searcher
+            // costs more to set up than the search.
+            Shape::Contains(lit) => subject
+                .as_bytes()
+                .windows(lit.len())
+                .any(|w| w == lit.as_bytes()),
+            Shape::Glob(needs) => {
+                let s = subject.as_bytes();
+                needs
+                    .iter()
+                    .all(|&(b, n)| s.iter().filter(|&&c| c == b).count() >= n)
+                    && glob(glob_text.as_bytes(), s)
+            }
+        }
+    }
 }
 
 impl Default for AssetPatterns {
@@ -62,10 +138,12 @@ impl AssetPatterns {
             if let Some(rule) = check(glob) {
                 return Err((i, rule));
             }
+            let anchored = glob.contains('/');
             rules.push(Rule {
                 negated,
-                anchored: glob.contains('/'),
+                anchored,
                 glob: glob.to_string(),
+                shape: Shape::of(glob, anchored),
             });
         }
         Ok(Self { rules })
@@ -77,7 +155,7 @@ impl AssetPatterns {
         let mut hit = false;
         for r in &self.rules {
             let subject = if r.anchored { path } else { last };
-            if glob(r.glob.as_bytes(), subject.as_bytes()) {
+            if r.shape.matches(&r.glob, subject) {
                 hit = !r.negated;
             }
         }
@@ -454,5 +532,73 @@ mod tests {
         assert!(html_is_never_right(&headers(CURL), "/assets/app.css"));
         assert!(!html_is_never_right(&headers(CURL), "/partial.php"));
         assert!(!html_is_never_right(&headers(CURL), "/"));
+    }
+
+    #[test]
+    fn common_shapes_skip_the_glob_and_agree_with_it() {
+        assert_eq!(Shape::of("*.*", false), Shape::Contains(".".into()));
+        assert_eq!(Shape::of("*.html", false), Shape::Suffix(".html".into()));
+        assert_eq!(Shape::of("*", false), Shape::Suffix(String::new()));
+        assert_eq!(Shape::of("*.[hash].*", false), Shape::Glob(vec![(b'.', 2)]));
+        assert_eq!(
+            Shape::of("/static/*", true),
+            Shape::Glob(vec![(b'/', 2), (b's', 1), (b't', 2)])
+        );
+        assert_eq!(Shape::of("a*", false), Shape::Glob(vec![(b'a', 1)]));
+        // Every pattern shape against every subject: the shapes and the needs never change what
+        // the glob alone says.
+        let patterns = [
+            "*",
+            "*.*",
+            "*.html",
+            "*.js",
+            "*-*",
+            "*.min.*",
+            "*html",
+            "*.[hash].*",
+            "*-[hash].*",
+            "**.js",
+            "*.j?",
+            "a*",
+            "*a*b*",
+            "[hash]",
+            "app.*",
+            "?*.css",
+        ];
+        let subjects = [
+            "",
+            "a",
+            ".",
+            "a.",
+            ".a",
+            "index.html",
+            "x.htmlx",
+            "app.5bdff181.js",
+            "a.b.c",
+            "html",
+            "no-dot",
+            "..",
+            "app-BdMf2Xk1.css",
+            "a.min.js",
+            "ab",
+            "ba",
+            "x.css",
+            "5bdff181",
+        ];
+        for pattern in patterns {
+            let shape = Shape::of(pattern, false);
+            for s in subjects {
+                assert_eq!(
+                    shape.matches(pattern, s),
+                    glob(pattern.as_bytes(), s.as_bytes()),
+                    "{pattern} on {s:?}"
+                );
+            }
+        }
+        let defaults = AssetPatterns::default();
+        assert!(defaults.matches("/assets/app.js"));
+        assert!(!defaults.matches("/index.html"));
+        assert!(!defaults.matches("/dir.v2/page"));
+        assert!(defaults.matches("/dir/a.html.gz"));
     }
 }

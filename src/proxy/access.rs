@@ -37,7 +37,7 @@ impl GraySplit {
             pin: ctx.pin_event.unwrap_or("-"),
             tries: ctx.tried.len(),
             request_time: ctx.started.elapsed(),
-            request_id: ctx.request_id.as_deref(),
+            request_id: ctx.request_id.as_ref().map(|v| v.as_bytes()),
         }
     }
 }

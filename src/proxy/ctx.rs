@@ -50,7 +50,7 @@ pub struct RequestCtx {
     /// What happened to the pin on this response (`new`, `changed`, …), for the access log.
     pub pin_event: Option<&'static str>,
     /// This request's id (request_id.rs), when request ids are on.
-    pub request_id: Option<String>,
+    pub request_id: Option<http::HeaderValue>,
     /// Counts this request on the server of the current attempt until the request ends.
     pub in_flight: Option<InFlight>,
     /// A sticky asset waiting for its pinned build (pinning.rs): until when, and its retries.

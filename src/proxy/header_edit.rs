@@ -31,6 +31,12 @@ pub(super) fn value(text: impl TryInto<HeaderValue>) -> Result<HeaderValue> {
         .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value"))
 }
 
+/// A header value from text compiled into graysplit (a decision reason): checked, not copied.
+pub(super) fn static_value(text: &'static str) -> Result<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_static(text.as_bytes()))
+        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value"))
+}
+
 /// Room made before the edits for the headers a phase adds (the request: Host, X-Forwarded-For,
 /// X-Real-IP, X-Forwarded-Proto, the request id, the decision's headers; the answer: cookies,
 /// Cache-Control, Vary, ETag, the request id, debug headers, HSTS). Pingora sizes a parsed head's

@@ -209,7 +209,7 @@ impl GraySplit {
         }
         // Replaces whatever the client sent: only an id a trusted peer sent was kept.
         if let Some((name, id)) = self.request_id_header(ctx) {
-            req.insert(name, header_edit::value(id)?)?;
+            req.insert(name, id.clone())?;
         }
         self.set_forwarded_proto(session, req, ctx)?;
         self.translate_validators(session, req, ctx)
@@ -225,12 +225,16 @@ impl GraySplit {
         self.shape_response(ctx, status, resp)?;
         if self.show_debug_headers(ctx) {
             if let Some(pool) = &ctx.pool {
-                resp.insert(&X_GRAYSPLIT_POOL, header_edit::value(pool.name.as_str())?)?;
+                let name = match &pool.name_value {
+                    Some(v) => v.clone(),
+                    None => header_edit::value(pool.name.as_str())?,
+                };
+                resp.insert(&X_GRAYSPLIT_POOL, name)?;
             }
-            resp.insert(&X_GRAYSPLIT_REASON, header_edit::value(ctx.reason)?)?;
+            resp.insert(&X_GRAYSPLIT_REASON, header_edit::static_value(ctx.reason)?)?;
         }
         if let Some((name, id)) = self.request_id_header(ctx) {
-            resp.insert(name, header_edit::value(id)?)?;
+            resp.insert(name, id.clone())?;
         }
         self.add_hsts(resp, ctx)
     }
@@ -598,7 +602,7 @@ pub fn error_status(e: &Error) -> u16 {
 async fn write_error_page(
     session: &mut Session,
     code: u16,
-    request_id: Option<(&http::HeaderName, &str)>,
+    request_id: Option<(&http::HeaderName, &http::HeaderValue)>,
 ) -> Result<()> {
     let reason = http::StatusCode::from_u16(code)
         .ok()
@@ -613,7 +617,7 @@ async fn write_error_page(
         resp.insert_header(http::header::RETRY_AFTER, "5")?;
     }
     if let Some((name, id)) = request_id {
-        resp.insert_header(name.clone(), id)?;
+        resp.insert_header(name.clone(), id.clone())?;
     }
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), false).await?;

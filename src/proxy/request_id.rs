@@ -42,28 +42,28 @@ impl RequestIds {
         &self.header
     }
 
-    /// A new id: 32 lower-case hex digits.
-    pub fn generate(&self) -> String {
+    /// A new id: 32 lower-case hex digits, as the header value it is sent as (made once, then
+    /// shared by the upstream request, the answer and the access line).
+    pub fn generate(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // 32 lower-case hex digits (what `{:016x}{:016x}` writes), without the fmt machinery.
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut id = String::with_capacity(32);
-        for half in [self.prefix, mix(n ^ self.key)] {
-            for shift in (0..16).rev() {
-                id.push(char::from(HEX[((half >> (shift * 4)) & 0xf) as usize]));
+        let mut id = [0u8; 32];
+        for (i, half) in [self.prefix, mix(n ^ self.key)].into_iter().enumerate() {
+            for shift in 0..16 {
+                id[i * 16 + 15 - shift] = HEX[((half >> (shift * 4)) & 0xf) as usize];
             }
         }
-        id
+        // Hex digits are always a valid value; the fallback only keeps this free of a panic.
+        HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
     }
 
     /// The id of a request: the one it carries when it came from a trusted peer and is usable,
     /// otherwise a new one.
-    pub fn for_request(&self, sent: Option<&HeaderValue>, trusted_peer: bool) -> String {
+    pub fn for_request(&self, sent: Option<&HeaderValue>, trusted_peer: bool) -> HeaderValue {
         match sent {
-            Some(v) if trusted_peer && acceptable(v.as_bytes()) => {
-                // `acceptable` allows only visible ASCII, so this is the text as sent.
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
+            // The value as sent (a reference count on the read buffer, no copy).
+            Some(v) if trusted_peer && acceptable(v.as_bytes()) => v.clone(),
             _ => self.generate(),
         }
     }
@@ -75,7 +75,7 @@ impl super::GraySplit {
         &self,
         req: &pingora::http::RequestHeader,
         peer: Option<std::net::IpAddr>,
-    ) -> Option<String> {
+    ) -> Option<HeaderValue> {
         let ids = self.settings.request_ids.as_ref()?;
         let trusted = peer.is_some_and(|ip| {
             crate::gray::client_ip::is_trusted(ip, &self.gray.settings.trusted_proxies)
@@ -87,9 +87,9 @@ impl super::GraySplit {
     pub(super) fn request_id_header<'c>(
         &'c self,
         ctx: &'c super::ctx::RequestCtx,
-    ) -> Option<(&'c http::HeaderName, &'c str)> {
+    ) -> Option<(&'c http::HeaderName, &'c HeaderValue)> {
         let ids = self.settings.request_ids.as_ref()?;
-        Some((ids.header(), ctx.request_id.as_deref()?))
+        Some((ids.header(), ctx.request_id.as_ref()?))
     }
 }
 
@@ -118,10 +118,14 @@ mod tests {
         RequestIds::new(HeaderName::from_static("x-request-id"))
     }
 
+    fn text(v: HeaderValue) -> String {
+        v.to_str().expect("visible ASCII").to_owned()
+    }
+
     #[test]
     fn a_new_id_is_the_two_halves_in_hex() {
         let source = ids();
-        let id = source.generate();
+        let id = text(source.generate());
         let want = format!("{:016x}{:016x}", source.prefix, mix(source.key));
         assert_eq!(id, want, "the first id is counter 0, mixed");
     }
@@ -131,17 +135,17 @@ mod tests {
         let source = ids();
         let mut seen = HashSet::new();
         for _ in 0..10_000 {
-            let id = source.generate();
+            let id = text(source.generate());
             assert_eq!(id.len(), 32);
             assert!(id
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
             assert!(seen.insert(id));
         }
-        let (a, b) = (source.generate(), source.generate());
+        let (a, b) = (text(source.generate()), text(source.generate()));
         assert_eq!(a[..16], b[..16], "one prefix per process");
         assert_ne!(
-            ids().generate()[..16],
+            text(ids().generate())[..16],
             a[..16],
             "another process, another prefix"
         );
@@ -151,8 +155,8 @@ mod tests {
     fn a_sent_id_is_kept_only_from_a_trusted_peer_and_only_if_usable() {
         let ids = ids();
         let sent = HeaderValue::from_static("lb-7f3a-0001");
-        assert_eq!(ids.for_request(Some(&sent), true), "lb-7f3a-0001");
-        assert_ne!(ids.for_request(Some(&sent), false), "lb-7f3a-0001");
+        assert_eq!(text(ids.for_request(Some(&sent), true)), "lb-7f3a-0001");
+        assert_ne!(text(ids.for_request(Some(&sent), false)), "lb-7f3a-0001");
         for bad in ["", "a b", "a\"b", "a\\b"] {
             let v = HeaderValue::from_str(bad).unwrap();
             assert_eq!(ids.for_request(Some(&v), true).len(), 32, "{bad:?}");

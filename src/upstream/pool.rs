@@ -88,6 +88,9 @@ impl std::fmt::Display for Diff {
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
+    /// The name as a header value (`X-Graysplit-Pool`), made once rather than per answer;
+    /// `None` for a name that is no valid header value.
+    pub name_value: Option<http::HeaderValue>,
     /// When false, an update to zero servers is refused and the last servers are kept.
     pub allow_empty: bool,
     snapshot: ArcSwap<Snapshot>,
@@ -114,8 +117,10 @@ pub enum Update {
 
 impl Pool {
     pub fn new(name: impl Into<String>, allow_empty: bool, health: Arc<HealthTable>) -> Self {
+        let name: String = name.into();
         Self {
-            name: name.into(),
+            name_value: http::HeaderValue::from_str(&name).ok(),
+            name,
             allow_empty,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             scores: Mutex::new(Scores::default()),
